@@ -1,0 +1,75 @@
+"""The `amygdala` command line: one subcommand per module in this package.
+
+Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and
+`run(args) -> int`, and imports heavy libraries (torch, transformers) only inside
+`run`, so `amygdala --help` stays instant. Adding a subcommand is one module plus one
+entry in `COMMANDS`.
+
+Errors derived from `AmygdalaError` are printed as one `error: …` line with a non-zero
+exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from amygdala import __version__
+from amygdala.errors import AmygdalaError
+
+# subcommand name -> module (relative to this package)
+COMMANDS: dict[str, str] = {
+    "train": "train",
+    "validate": "validate",
+}
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"amygdala.cli.{COMMANDS[name]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand attached."""
+    parser = argparse.ArgumentParser(
+        prog="amygdala",
+        description="Train concept-readout vectors for language models and read them out.",
+    )
+    parser.add_argument("--version", action="version", version=f"amygdala {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = _load(name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `amygdala` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except AmygdalaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_subcommand(name: str, argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand as if `amygdala NAME argv…` was typed (for `python -m` shims)."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    return main([name, *rest])
