@@ -1,0 +1,248 @@
+"""The readout artifact: `readout.safetensors` + `readout.json`, as runtimes load it.
+
+`readout.safetensors` holds one tensor per hooked layer, key `layer_<idx>.vectors`,
+shape `[n_concepts, hidden_size]`, unit-norm rows (float16 by default). The manifest
+`readout.json` always has `concepts`, `layers`, `hidden_size`, `dtype` — the fields a
+vLLM runtime reads — plus provenance and counts; the same JSON sits in the safetensors
+metadata under `amygdala_manifest`, so the tensor file describes itself and a pair
+whose halves come from different runs is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from amygdala._io import atomic_write_bytes, atomic_write_json
+from amygdala.errors import ArtifactError
+
+FORMAT = "amygdala-readout/1"
+METADATA_KEY = "amygdala_manifest"
+RUNTIME_FIELDS = ("concepts", "layers", "hidden_size", "dtype")
+VECTOR_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+}
+_KEY_RE = re.compile(r"^layer_(\d+)\.vectors$")
+
+
+def tensor_key(layer: int) -> str:
+    return f"layer_{layer}.vectors"
+
+
+def default_manifest_path(vectors_path: str | Path) -> Path:
+    """`readout.safetensors` → `readout.json` (same directory, same stem)."""
+    return Path(vectors_path).with_suffix(".json")
+
+
+def norm_tolerance(dtype: str) -> float:
+    """How far a stored row's norm may be from 1 (rounding of the storage dtype)."""
+    return {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}.get(dtype, 1e-2)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded pair: `vectors[layer]` is `[n_concepts, hidden]`, rows in manifest order."""
+
+    vectors: dict[int, Tensor]
+    manifest: dict[str, Any]
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.manifest["concepts"])
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in self.manifest["layers"]]
+
+    def stacked(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """`[n_layers, n_concepts, hidden]` in manifest layer order."""
+        return torch.stack([self.vectors[layer].to(dtype) for layer in self.layers])
+
+
+def save_artifact(
+    vectors: Mapping[int, Tensor],
+    manifest: Mapping[str, Any],
+    path: str | Path,
+    manifest_path: str | Path | None = None,
+) -> tuple[Path, Path]:
+    """Write the pair; each file is written atomically (temp file, fsync, rename).
+
+    The safetensors file is written first and carries the manifest in its metadata,
+    so a crash between the two renames leaves a pair that `load_artifact` reports
+    as mismatched instead of silently mixing two runs.
+
+    Example:
+        save_artifact({18: v18}, {"concepts": ["warmth"], "layers": [18],
+                      "hidden_size": 4096, "dtype": "float16"}, "out/readout.safetensors")
+    """
+    from safetensors.torch import save
+
+    vec_path = Path(path)
+    man_path = Path(manifest_path) if manifest_path else default_manifest_path(vec_path)
+    if vec_path.resolve() == man_path.resolve():
+        raise ArtifactError(f"--manifest {man_path} would overwrite the vectors file")
+    manifest = dict(manifest)
+    problems = check_pair({int(k): v for k, v in vectors.items()}, manifest)
+    if problems:
+        raise ArtifactError("refusing to write an invalid artifact: " + "; ".join(problems))
+    storage = VECTOR_DTYPES[manifest["dtype"]]
+    tensors = {tensor_key(int(layer)): v.detach().to("cpu", storage).contiguous()
+               for layer, v in vectors.items()}
+    blob = save(tensors, metadata={METADATA_KEY: json.dumps(manifest, sort_keys=True)})
+    atomic_write_bytes(vec_path, blob)
+    atomic_write_json(man_path, manifest)
+    return vec_path, man_path
+
+
+def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> list[str]:
+    """Every problem with a vectors/manifest pair, one readable line each (empty: valid)."""
+    problems = [f"manifest lacks {f!r}" for f in RUNTIME_FIELDS if f not in manifest]
+    if problems:
+        return problems
+    concepts, layers = manifest["concepts"], manifest["layers"]
+    hidden, dtype = manifest["hidden_size"], manifest["dtype"]
+    if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
+        problems.append("manifest 'concepts' must be a list of non-empty strings")
+        concepts = []
+    elif len(set(concepts)) != len(concepts):
+        dupes = sorted({c for c in concepts if concepts.count(c) > 1})
+        problems.append(f"manifest 'concepts' has duplicates: {dupes}")
+    if not isinstance(layers, list) or not all(isinstance(x, int) and x >= 0 for x in layers):
+        problems.append("manifest 'layers' must be a list of non-negative integers")
+        layers = []
+    elif len(set(layers)) != len(layers):
+        problems.append(f"manifest 'layers' has duplicates: {layers}")
+    if not isinstance(hidden, int) or hidden < 1:
+        problems.append(f"manifest 'hidden_size' must be a positive integer, got {hidden!r}")
+    if dtype not in VECTOR_DTYPES:
+        problems.append(f"manifest 'dtype' {dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    if set(vectors) != set(layers):
+        problems.append(f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}")
+    for layer in sorted(set(vectors) & set(layers)):
+        problems.extend(_check_layer(layer, vectors[layer], len(concepts), hidden, dtype))
+    return problems
+
+
+def _check_layer(layer: int, v: Tensor, n_concepts: int, hidden: Any, dtype: Any) -> list[str]:
+    problems = []
+    if tuple(v.shape) != (n_concepts, hidden):
+        problems.append(f"layer {layer}: vectors {tuple(v.shape)} != "
+                        f"(n_concepts, hidden_size) ({n_concepts}, {hidden})")
+    if dtype in VECTOR_DTYPES and v.dtype != VECTOR_DTYPES[dtype] and v.dtype != torch.float32:
+        problems.append(f"layer {layer}: tensor dtype {v.dtype} but manifest says {dtype}")
+    v32 = v.to(torch.float32)
+    bad = ~torch.isfinite(v32).all(dim=-1) if v32.ndim == 2 else torch.tensor([])
+    if bad.any():
+        problems.append(f"layer {layer}: NaN/Inf in rows {bad.nonzero().flatten().tolist()}")
+    elif v32.ndim == 2 and v32.shape[0]:
+        tol = norm_tolerance(dtype if isinstance(dtype, str) else "")
+        norms = v32.norm(dim=-1)
+        off = (norms - 1).abs() > tol
+        if off.any():
+            rows = off.nonzero().flatten().tolist()
+            problems.append(f"layer {layer}: rows {rows[:10]} are not unit-norm "
+                            f"(norms {[round(float(norms[r]), 4) for r in rows[:3]]})")
+    return problems
+
+
+def inspect_artifact(path: str | Path, manifest_path: str | Path | None = None
+                     ) -> tuple[Artifact | None, list[str]]:
+    """Read a pair and list every problem with it, one line each (never raises).
+
+    The artifact is None only when a file cannot be read at all.
+    """
+    vec_path = Path(path)
+    man_path = Path(manifest_path) if manifest_path else default_manifest_path(vec_path)
+    try:
+        tensors, embedded = _read_safetensors(vec_path)
+        manifest = _read_manifest(man_path) if man_path.exists() else embedded
+    except ArtifactError as exc:
+        return None, [str(exc)]
+    if manifest is None:
+        return None, [f"{man_path} does not exist and {vec_path.name} carries no embedded "
+                      "manifest; pass the manifest path (--manifest)"]
+    vectors, problems = _vectors_by_layer(tensors)
+    if embedded is not None and man_path.exists():
+        problems.extend(_compare_manifests(embedded, manifest, vec_path.name, man_path.name))
+    problems.extend(check_pair(vectors, manifest))
+    return Artifact(vectors=vectors, manifest=manifest), problems
+
+
+def load_artifact(path: str | Path, manifest_path: str | Path | None = None) -> Artifact:
+    """Read and check a pair; `ArtifactError` lists every problem.
+
+    Example:
+        art = load_artifact("out/readout.safetensors")
+        art.vectors[18].shape  # torch.Size([n_concepts, hidden])
+    """
+    artifact, problems = inspect_artifact(path, manifest_path)
+    if problems or artifact is None:
+        raise ArtifactError(f"{path}: " + "; ".join(problems))
+    return artifact
+
+
+def validate_artifact(path: str | Path, manifest_path: str | Path | None = None) -> list[str]:
+    """All problems with a pair, as lines; an empty list means valid."""
+    return inspect_artifact(path, manifest_path)[1]
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); it may be "
+                            "truncated or corrupt: retrain or copy it again") from None
+    meta = header.get("__metadata__") or {}
+    embedded = None
+    if METADATA_KEY in meta:
+        try:
+            embedded = json.loads(meta[METADATA_KEY])
+        except json.JSONDecodeError:
+            raise ArtifactError(f"{path}: embedded manifest is not valid JSON") from None
+    return tensors, embedded
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    return manifest
+
+
+def _vectors_by_layer(tensors: dict[str, Tensor]) -> tuple[dict[int, Tensor], list[str]]:
+    vectors, problems = {}, []
+    for key, tensor in tensors.items():
+        match = _KEY_RE.match(key)
+        if match is None:
+            problems.append(f"unexpected tensor {key!r} (expected layer_<idx>.vectors)")
+            continue
+        vectors[int(match.group(1))] = tensor
+    return vectors, problems
+
+
+def _compare_manifests(embedded: dict[str, Any], sidecar: dict[str, Any],
+                       vec_name: str, man_name: str) -> list[str]:
+    problems = []
+    for key in RUNTIME_FIELDS:
+        if embedded.get(key) != sidecar.get(key):
+            problems.append(f"{man_name} and {vec_name} disagree on {key!r} "
+                            "(the two files come from different runs?)")
+    return problems

@@ -1,0 +1,279 @@
+"""Pool residual-stream activations inside forward hooks, one forward pass per text.
+
+Two layers of API:
+
+* `capture(blocks, layers, keep, pooling)` — a context manager around ONE forward
+  pass: hooks on the target blocks pool the block output over the `keep` mask as it
+  is produced (no `[batch, seq, hidden]` tensor is kept for any layer), and the hook
+  on the deepest target block stops the forward pass with a private exception, so
+  later blocks, the final norm and the LM head never run. Hooks are removed in
+  `finally`, also when the forward raises.
+* `capture_texts(lm, texts, …)` — the engine: tokenizes, sorts by length, batches,
+  pads, builds the keep mask (no padding, no special tokens), runs `capture` per
+  batch and yields `PooledBatch`es of fp32 activations with a progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+from amygdala.errors import ConfigError
+
+if TYPE_CHECKING:
+    from amygdala.models import LoadedModel
+
+Pooling = Literal["mean", "last"]
+POOLINGS: tuple[Pooling, ...] = ("mean", "last")
+
+
+class _StopForward(Exception):
+    """Raised by the deepest target hook; caught only by `capture`."""
+
+
+def block_output(output: object) -> Tensor:
+    """The residual stream from a block's return value (a tensor, or a tuple led by one)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"block returned {type(output).__name__}; expected a tensor or a tuple "
+                    "whose first element is the hidden states")
+
+
+def pool(hidden: Tensor, keep: Tensor, how: Pooling) -> Tensor:
+    """Pool `[batch, seq, hidden]` over the positions where `keep` is true, in fp32.
+
+    `mean` averages the kept positions; `last` takes the last kept position. Masked
+    positions are zeroed with `where` (not multiplied), so NaN from a padded position
+    cannot leak into the result. Rows with nothing kept come back as zeros.
+    """
+    if how == "mean":
+        masked = torch.where(keep.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype,
+                                                                      device=hidden.device))
+        total = masked.sum(dim=1, dtype=torch.float32)
+        count = keep.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
+        return total / count
+    if how == "last":
+        positions = torch.arange(keep.shape[1], device=keep.device)
+        last = torch.where(keep, positions, -1).amax(dim=1).clamp_min(0)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        picked = hidden[rows, last].to(torch.float32)
+        return torch.where(keep.any(dim=1, keepdim=True), picked, torch.zeros_like(picked))
+    raise ConfigError(f"pooling {how!r}: choose one of {', '.join(POOLINGS)}")
+
+
+@dataclass
+class Captured:
+    """What one `capture` block produced: `pooled[layer]` is `[batch, hidden]` fp32."""
+
+    pooled: dict[int, Tensor] = field(default_factory=dict)
+
+    def stacked(self, layers: Sequence[int]) -> Tensor:
+        """`[batch, n_layers, hidden]` in the order of `layers`."""
+        missing = [layer for layer in layers if layer not in self.pooled]
+        if missing:
+            raise RuntimeError(f"layers {missing} produced no activations: the forward pass "
+                               "never reached them")
+        return torch.stack([self.pooled[layer] for layer in layers], dim=1)
+
+
+@contextlib.contextmanager
+def capture(
+    blocks: nn.ModuleList,
+    layers: Sequence[int],
+    keep: Tensor,
+    pooling: Pooling = "mean",
+    *,
+    stop_early: bool = True,
+) -> Iterator[Captured]:
+    """Hook `blocks[layers]`, pool their outputs over `keep`, stop after the deepest.
+
+    Example:
+        with capture(lm.blocks, (1, 3), keep, "mean") as out:
+            lm.model(input_ids=ids, attention_mask=mask)
+        acts = out.stacked((1, 3))  # [batch, 2, hidden], fp32
+    """
+    if not layers:
+        raise ConfigError("no target layers given")
+    deepest = max(layers)
+    result = Captured()
+    handles = []
+
+    def make_hook(index: int):  # noqa: ANN202 - torch hook signature
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            hidden = block_output(output)
+            result.pooled[index] = pool(hidden, keep.to(hidden.device), pooling)
+            if stop_early and index == deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for index in sorted(set(layers)):
+            handles.append(blocks[index].register_forward_hook(make_hook(index)))
+        try:
+            yield result
+        except _StopForward:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class PooledBatch:
+    """Pooled activations for a batch of texts: `acts[i]` belongs to `texts[index[i]]`."""
+
+    index: Tensor  # [batch] int64, positions in the input sequence
+    acts: Tensor  # [batch, n_layers, hidden] fp32, on the model's device
+    n_tokens: int  # real (unpadded) tokens in the batch
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids and the pooling mask of one text (after truncation)."""
+
+    ids: list[int]
+    keep: list[bool]  # True where a real, non-special token may be pooled
+    truncated: bool
+
+
+def tokenize(
+    tokenizer: object, texts: Sequence[str], *, max_length: int, pool_start: int = 0
+) -> list[Tokenized]:
+    """Tokenize with special tokens, truncate to `max_length`, mark poolable positions.
+
+    Special tokens (BOS, [CLS], [SEP] …) are never pooled; the first `pool_start`
+    real tokens are skipped too (mean pooling "from token offset k").
+    """
+    if max_length < 1:
+        raise ConfigError(f"--max-length must be at least 1, got {max_length}")
+    char_cap = max(max_length * 64, 4096)  # no need to tokenize a 5 MB node in full
+    clipped = [t if len(t) <= char_cap else t[:char_cap] for t in texts]
+    enc = tokenizer(clipped, add_special_tokens=True, truncation=True,  # type: ignore[operator]
+                    max_length=max_length, return_special_tokens_mask=True,
+                    return_attention_mask=False)
+    full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= max_length]
+    longer: set[int] = set()
+    if full:
+        probe = tokenizer([clipped[i] for i in full], add_special_tokens=True,  # type: ignore[operator]
+                          truncation=True, max_length=max_length + 1,
+                          return_attention_mask=False)
+        longer = {i for i, ids in zip(full, probe["input_ids"]) if len(ids) > max_length}
+        longer |= {i for i in full if len(texts[i]) > char_cap}
+    out = []
+    for i, (ids, special) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
+        keep = [not s for s in special]
+        if pool_start:
+            seen = 0
+            for j, k in enumerate(keep):
+                if k:
+                    keep[j] = seen >= pool_start
+                    seen += 1
+        out.append(Tokenized(ids=list(ids), keep=keep, truncated=i in longer))
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first: OOM shows early)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(
+    items: Sequence[Tokenized], pad_id: int, side: Literal["left", "right"]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`(input_ids, attention_mask, keep)` as `[batch, longest]` tensors."""
+    width = max(len(t.ids) for t in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    keep = torch.zeros((len(items), width), dtype=torch.bool)
+    for row, t in enumerate(items):
+        n = len(t.ids)
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[row, cols] = torch.tensor(t.ids, dtype=torch.long)
+        mask[row, cols] = 1
+        keep[row, cols] = torch.tensor(t.keep, dtype=torch.bool)
+    return ids, mask, keep
+
+
+def forward_kwargs(lm: LoadedModel, ids: Tensor, mask: Tensor) -> dict[str, object]:
+    """Inputs for `lm.model`: position ids follow the mask, so left padding is harmless."""
+    kwargs: dict[str, object] = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in lm.forward_params:
+        kwargs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp_min(0)
+    if "use_cache" in lm.forward_params:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def capture_texts(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    pooling: Pooling = "mean",
+    batch_size: int = 16,
+    max_length: int = 512,
+    pool_start: int = 0,
+    padding_side: Literal["left", "right"] | None = None,
+    progress: bool = True,
+    stats: CaptureStats | None = None,
+) -> Iterator[PooledBatch]:
+    """Run `lm` once over each text and yield pooled activations, batch by batch.
+
+    Texts are grouped by token length to minimize padding; the order of yielded rows
+    follows that grouping, and `PooledBatch.index` maps each row back to `texts`.
+    `stats` (when given) is filled in as batches complete.
+    """
+    from tqdm.auto import tqdm
+
+    stats = stats if stats is not None else CaptureStats()
+    toks = tokenize(lm.tokenizer, texts, max_length=max_length, pool_start=pool_start)
+    stats.truncated += sum(t.truncated for t in toks)
+    side = padding_side or getattr(lm.tokenizer, "padding_side", "right")
+    pad_id = int(lm.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
+    batches = length_batches([len(t.ids) for t in toks], batch_size)
+    bar = tqdm(total=len(texts), unit="text", desc="capture", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    try:
+        for batch in batches:
+            items = [toks[i] for i in batch]
+            ids, mask, keep = pad_batch(items, pad_id, side)
+            ids, mask, keep = ids.to(lm.device), mask.to(lm.device), keep.to(lm.device)
+            with torch.inference_mode(), capture(lm.blocks, layers, keep, pooling) as out:
+                lm.model(**forward_kwargs(lm, ids, mask))
+            n_tokens = int(mask.sum())
+            stats.forward_passes += 1
+            stats.texts += len(batch)
+            stats.tokens += n_tokens
+            bar.update(len(batch))
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{stats.texts / elapsed:.1f} texts/s, "
+                                f"{stats.tokens / elapsed:.0f} tok/s", refresh=False)
+            yield PooledBatch(index=torch.tensor(batch, dtype=torch.long),
+                              acts=out.stacked(layers), n_tokens=n_tokens)
+    finally:
+        bar.close()
+        stats.seconds += time.perf_counter() - start
+
+
+@dataclass
+class CaptureStats:
+    """Counters of one capture run, for summaries and benchmarks."""
+
+    texts: int = 0
+    tokens: int = 0
+    forward_passes: int = 0  # model calls (one per batch)
+    truncated: int = 0  # texts cut to --max-length tokens
+    seconds: float = 0.0

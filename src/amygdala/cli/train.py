@@ -1,0 +1,113 @@
+"""`amygdala train`: labeled texts in, readout.safetensors + readout.json out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amygdala.train import TrainConfig
+
+HELP = "train readout vectors from a training-data directory or a stories corpus"
+DESCRIPTION = """\
+Train one readout direction per concept and layer, in one forward pass per unique text.
+
+Usage:
+  amygdala train --model minilm --training-data-dir data/ \\
+      --output out/readout.safetensors --target-layers 1,3,5
+
+The artifact is readout.safetensors (key layer_<idx>.vectors, [n_concepts, hidden],
+unit-norm rows) plus readout.json (concepts, layers, hidden_size, dtype, provenance).
+"""
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool = True) -> None:
+    """The trainer's flags (also used by `amygdala run`, which supplies the data itself)."""
+    from amygdala.layers import DEFAULT_LAYERS
+
+    g = parser.add_argument_group("trainer")
+    g.add_argument("--model", required=require_data, default=None if require_data else "minilm",
+                   help="Hugging Face id or local model directory; `minilm` is the packaged "
+                   "all-MiniLM-L6-v2" + ("" if require_data else " (the default)"))
+    if require_data:
+        g.add_argument("--training-data-dir", required=True, type=Path,
+                       help="a training-data directory (<emotion>.jsonl) or a stories corpus "
+                       "(stories/, paired/, direct/, _*.txt)")
+    g.add_argument("--target-layers", default=DEFAULT_LAYERS,
+                   help="blocks to read, comma-separated: absolute 0-based (3,18,33,36), "
+                   f"negative (-1), fractions of depth (0.5) or `all`; default {DEFAULT_LAYERS}")
+    g.add_argument("--output", type=Path, required=require_data,
+                   default=None if require_data else Path("amygdala-out/readout.safetensors"),
+                   help="path of readout.safetensors")
+    g.add_argument("--manifest", type=Path, default=None,
+                   help="path of the manifest; by default the output path with .json")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere")
+    g.add_argument("--vectors-dtype", default="float16",
+                   choices=["float16", "bfloat16", "float32"],
+                   help="storage dtype of the vectors; default float16")
+    g.add_argument("--batch-size", type=int, default=16, help="texts per forward pass; default 16")
+    g.add_argument("--pooling", default="mean", choices=["mean", "last"],
+                   help="mean over real tokens (no padding, no special tokens), or the last "
+                   "real non-special token; default mean")
+    g.add_argument("--pool-start", type=int, default=0,
+                   help="mean pooling skips this many leading real tokens; default 0")
+    g.add_argument("--method", default="mean_diff",
+                   help="fitting method: mean_diff (CAA difference of means, unit-normalized); "
+                   "default mean_diff")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps; by default the best available")
+    g.add_argument("--max-length", type=int, default=512,
+                   help="tokens per text; longer texts are truncated and counted; default 512")
+    g.add_argument("--min-examples", type=int, default=8,
+                   help="leave out (and report) concepts with fewer train positives or "
+                   "negatives; default 8")
+    g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
+    g.add_argument("--blocks-path", default=None,
+                   help="dotted path of the block list for architectures amygdala doesn't know")
+    g.add_argument("--padding-side", default=None, choices=["left", "right"],
+                   help="padding side; by default the tokenizer's (results are the same)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="run custom model code from the model repository (off by default)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser, require_data=True)
+
+
+def config_from_args(args: argparse.Namespace, training_data_dir: Path | None = None
+                     ) -> TrainConfig:
+    """A TrainConfig from parsed flags (`training_data_dir` overrides the flag)."""
+    from amygdala.train import TrainConfig
+
+    return TrainConfig(
+        model=args.model,
+        training_data_dir=training_data_dir or args.training_data_dir,
+        output=args.output,
+        manifest=args.manifest,
+        target_layers=args.target_layers,
+        pooling=args.pooling,
+        method=args.method,
+        dtype=args.dtype,
+        vectors_dtype=args.vectors_dtype,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        min_examples=args.min_examples,
+        pool_start=args.pool_start,
+        device=args.device,
+        revision=args.revision,
+        blocks_path=args.blocks_path,
+        trust_remote_code=args.trust_remote_code,
+        padding_side=args.padding_side,
+        progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from amygdala.train import print_summary, train
+
+    result = train(config_from_args(args))
+    print_summary(result)
+    return 0

@@ -1,0 +1,216 @@
+"""Training inputs in one shape: unique texts plus, per concept, who is positive or negative.
+
+Two on-disk layouts load into `Corpus` (DESIGN.md, "Training-data directory"):
+
+* a training-data directory: `<emotion>.jsonl` rows `{emotion, polarity, text, split}`;
+  rows with `split == "heldout"` are kept apart for evaluation, and every row trains
+  when no row has a split;
+* a stories corpus: `stories/<E>.txt`, `direct/<E>.txt`, `paired/<scenario>/<E>.txt`
+  are positives of E; a concept's negatives are the other concepts' positives, the
+  `paired/*/baseline.txt` texts and the `_*.txt` neutral prose (the original rule).
+
+Texts are deduplicated across concepts: one text is positive for one concept and
+negative for many, and it runs through the model once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amygdala.errors import CorpusError
+
+POSITIVE, NEGATIVE, UNLABELED = 1, -1, 0
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def normalize_concept(name: str) -> str:
+    """Concept names are lowercase words with `_` (`On-Edge` → `on_edge`)."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Unique texts and their labels for every concept.
+
+    `train[i, c]` is +1 when text i is a training positive of concept c, -1 a training
+    negative, 0 neither; `heldout` is the same for the held-out split. Row order is
+    the order of `texts`; column order the order of `concepts` (sorted).
+    """
+
+    texts: tuple[str, ...]
+    concepts: tuple[str, ...]
+    train: np.ndarray  # int8 [n_texts, n_concepts]
+    heldout: np.ndarray  # int8 [n_texts, n_concepts]
+    source: str
+    problems: tuple[str, ...] = ()  # rows skipped, with where and why
+
+    def __post_init__(self) -> None:
+        shape = (len(self.texts), len(self.concepts))
+        for name in ("train", "heldout"):
+            arr = getattr(self, name)
+            if arr.shape != shape:
+                raise ValueError(f"{name} labels {arr.shape} != (n_texts, n_concepts) {shape}")
+
+    def counts(self, split: str = "train") -> dict[str, tuple[int, int]]:
+        """`{concept: (positives, negatives)}` in one split."""
+        labels = self.train if split == "train" else self.heldout
+        pos = (labels == POSITIVE).sum(axis=0)
+        neg = (labels == NEGATIVE).sum(axis=0)
+        return {c: (int(p), int(n)) for c, p, n in zip(self.concepts, pos, neg)}
+
+    def select(self, concepts: list[str]) -> Corpus:
+        """The same texts restricted to `concepts` (in the given order)."""
+        cols = [self.concepts.index(c) for c in concepts]
+        return Corpus(self.texts, tuple(concepts), self.train[:, cols], self.heldout[:, cols],
+                      self.source, self.problems)
+
+
+@dataclass
+class _Builder:
+    """Collects (text, concept, label, split) facts; later facts never erase a positive."""
+
+    source: str
+    text_ids: dict[str, int] = field(default_factory=dict)
+    facts: dict[tuple[int, str, bool], int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, text: str, concept: str, label: int, heldout: bool = False) -> None:
+        tid = self.text_ids.setdefault(text, len(self.text_ids))
+        key = (tid, concept, heldout)
+        # A text listed as both positive and negative for one concept counts as positive.
+        self.facts[key] = max(self.facts.get(key, label), label)
+
+    def build(self) -> Corpus:
+        concepts = sorted({c for (_, c, _) in self.facts})
+        if not concepts:
+            raise CorpusError(f"{self.source}: no labeled examples found")
+        col = {c: j for j, c in enumerate(concepts)}
+        train = np.zeros((len(self.text_ids), len(concepts)), dtype=np.int8)
+        held = np.zeros_like(train)
+        for (tid, concept, heldout), label in self.facts.items():
+            (held if heldout else train)[tid, col[concept]] = label
+        texts = tuple(sorted(self.text_ids, key=self.text_ids.__getitem__))
+        return Corpus(texts, tuple(concepts), train, held, self.source, tuple(self.problems))
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Load a training-data directory or a stories corpus, detecting which one it is."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CorpusError(f"training data directory {root} does not exist or is not a directory")
+    if any(root.glob("*.jsonl")):
+        return load_training_dir(root)
+    if any((root / sub).is_dir() for sub in ("stories", "paired", "direct")):
+        return load_stories(root)
+    raise CorpusError(f"{root} holds neither <emotion>.jsonl files (a training-data directory) "
+                      "nor stories/, paired/ or direct/ folders (a stories corpus)")
+
+
+def _read_jsonl_rows(path: Path, problems: list[str]) -> list[dict[str, object]]:
+    rows = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(f"{path.name}:{lineno}: not valid UTF-8, skipped")
+                continue
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path.name}:{lineno}: not valid JSON ({exc.msg}), skipped")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"{path.name}:{lineno}: not a JSON object, skipped")
+                continue
+            row["_where"] = f"{path.name}:{lineno}"
+            rows.append(row)
+    return rows
+
+
+def _row_fact(row: dict[str, object], default_concept: str) -> tuple[str, str, int, str | None]:
+    """(text, concept, label, split) of one row; raises ValueError with the reason."""
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("missing or empty 'text'")
+    concept = row.get("emotion", default_concept)
+    if not isinstance(concept, str) or not _NAME_RE.match(normalize_concept(concept)):
+        raise ValueError(f"bad 'emotion' {concept!r}")
+    polarity = row.get("polarity")
+    if polarity not in ("positive", "negative"):
+        raise ValueError(f"'polarity' must be \"positive\" or \"negative\", got {polarity!r}")
+    split = row.get("split")
+    if split is not None and split not in ("train", "heldout"):
+        raise ValueError(f"'split' must be \"train\" or \"heldout\", got {split!r}")
+    score = row.get("score")
+    if isinstance(score, float) and not math.isfinite(score):
+        raise ValueError(f"non-finite 'score' {score!r}")
+    label = POSITIVE if polarity == "positive" else NEGATIVE
+    return text, normalize_concept(concept), label, split  # type: ignore[return-value]
+
+
+def load_training_dir(root: Path) -> Corpus:
+    """Read every `<emotion>.jsonl` in `root` (see the module docstring)."""
+    builder = _Builder(source=f"training-data:{root}")
+    facts = []
+    for path in sorted(root.glob("*.jsonl")):
+        for row in _read_jsonl_rows(path, builder.problems):
+            try:
+                facts.append(_row_fact(row, path.stem))
+            except ValueError as exc:
+                builder.problems.append(f"{row['_where']}: {exc}, skipped")
+    if not facts:
+        detail = f" ({len(builder.problems)} rows skipped)" if builder.problems else ""
+        raise CorpusError(f"{root}: no usable rows in any *.jsonl file{detail}")
+    any_split = any(split is not None for *_, split in facts)
+    for text, concept, label, split in facts:
+        builder.add(text, concept, label, heldout=any_split and split == "heldout")
+    return builder.build()
+
+
+def read_paragraphs(path: Path) -> list[str]:
+    """Paragraphs of a text file (blank-line separated), whitespace-normalized per line."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    blocks = re.split(r"\n\s*\n", raw.replace("\r\n", "\n"))
+    return [" ".join(line.strip() for line in b.strip().splitlines()) for b in blocks if b.strip()]
+
+
+def load_stories(root: Path) -> Corpus:
+    """Read a stories corpus with the original negative rule (module docstring)."""
+    positives: dict[str, list[str]] = {}
+    shared_negatives: list[str] = []
+    for sub in ("stories", "direct"):
+        for path in sorted((root / sub).glob("*.txt")):
+            target = shared_negatives if path.stem.startswith("_") else positives.setdefault(
+                normalize_concept(path.stem), [])
+            target.extend(read_paragraphs(path))
+    for scenario in sorted(p for p in (root / "paired").glob("*") if p.is_dir()):
+        for path in sorted(scenario.glob("*.txt")):
+            if path.stem == "baseline" or path.stem.startswith("_"):
+                shared_negatives.extend(read_paragraphs(path))
+            else:
+                positives.setdefault(normalize_concept(path.stem), []).extend(
+                    read_paragraphs(path))
+    for path in sorted(root.glob("_*.txt")):
+        shared_negatives.extend(read_paragraphs(path))
+    builder = _Builder(source=f"stories:{root}")
+    for concept, texts in sorted(positives.items()):
+        for text in texts:
+            builder.add(text, concept, POSITIVE)
+    for concept in sorted(positives):
+        for other, texts in sorted(positives.items()):
+            if other != concept:
+                for text in texts:
+                    builder.add(text, concept, NEGATIVE)
+        for text in shared_negatives:
+            builder.add(text, concept, NEGATIVE)
+    return builder.build()
