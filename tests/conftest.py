@@ -16,6 +16,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_activation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Training in tests never writes into the user's ~/.cache."""
+    os.environ["AMYGDALA_CACHE_DIR"] = str(tmp_path_factory.mktemp("activation-cache"))
+
 TOKENIZER_TEXT = [
     "The quick brown fox jumps over the lazy dog.",
     "I was so happy to see my friend again after all these years!",

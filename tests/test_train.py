@@ -47,8 +47,8 @@ def write_training_dir(root: Path, *, reverse: bool = False, heldout_every: int 
     return root
 
 
-def reference_vectors(model_dir: Path, layers: list[int]) -> dict[str, np.ndarray]:
-    """Mean-pooled `output_hidden_states` per text, then numpy difference of means."""
+def reference_pooled(model_dir: Path, layers: list[int]) -> dict[str, np.ndarray]:
+    """Mean-pooled `output_hidden_states` per text, `[n_layers, hidden]` each."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -61,6 +61,12 @@ def reference_vectors(model_dir: Path, layers: list[int]) -> dict[str, np.ndarra
             with torch.no_grad():
                 hs = model(**enc, output_hidden_states=True).hidden_states
             pooled[text] = np.stack([hs[i + 1][0][keep].mean(0).numpy() for i in layers])
+    return pooled
+
+
+def reference_vectors(model_dir: Path, layers: list[int]) -> dict[str, np.ndarray]:
+    """numpy difference of means of `reference_pooled` over the train split."""
+    pooled = reference_pooled(model_dir, layers)
     out = {}
     for emotion, texts in EMOTIONS.items():
         train_idx = [i for i in range(len(texts)) if i % 3 != 2]
@@ -96,6 +102,18 @@ def test_cli_vectors_equal_numpy_difference_of_means(
     err = capsys.readouterr().err
     assert "trained 3 concepts x 2 layers" in err and "wrote" in err
 
+    # calibration: mean/std of each concept's projection over its train negatives
+    pooled = reference_pooled(model_dir, [0, 2])
+    cal = m["calibration"]
+    assert cal["reference"] == "negatives"
+    for c, concept in enumerate(m["concepts"]):
+        negs = [pooled[t[i]] for o, t in EMOTIONS.items() if o != concept
+                for i in range(len(t)) if i % 3 != 2]
+        for j, layer in enumerate(m["layers"]):
+            proj = np.array([n[j] @ art.vectors[layer][c].numpy() for n in negs])
+            assert cal["mean"][j][c] == pytest.approx(proj.mean(), abs=1e-4)
+            assert cal["std"][j][c] == pytest.approx(proj.std(ddof=1), abs=1e-4)
+
 
 @pytest.fixture(scope="module")
 def llama(tiny_model_dirs: Callable[[str], Path]) -> object:
@@ -104,9 +122,12 @@ def llama(tiny_model_dirs: Callable[[str], Path]) -> object:
 
 def run_train(lm: object, data: Path, out: Path, **kw: object) -> tuple[dict[int, torch.Tensor],
                                                                       dict[str, object]]:
+    settings: dict[str, object] = {
+        "target_layers": "1,3", "min_examples": 3, "vectors_dtype": "float32",
+        "progress": False, "no_cache": True,  # every run really captures unless told otherwise
+        **kw}
     cfg = TrainConfig(model="tiny-llama", training_data_dir=data, output=out,
-                      target_layers="1,3", min_examples=3, vectors_dtype="float32",
-                      progress=False, **kw)  # type: ignore[arg-type]
+                      **settings)  # type: ignore[arg-type]
     train(cfg, lm=lm)  # type: ignore[arg-type]
     art = load_artifact(out)
     return art.vectors, art.manifest
@@ -117,13 +138,19 @@ def test_one_forward_pass_per_unique_text(tmp_path: Path, llama: object) -> None
     rows: list[int] = []
     handle = llama.blocks[0].register_forward_pre_hook(  # type: ignore[attr-defined]
         lambda _m, args: rows.append(args[0].shape[0]))
+    cache = tmp_path / "cache"
     try:
-        run_train(llama, data, tmp_path / "r.safetensors", batch_size=4)
+        run_train(llama, data, tmp_path / "r.safetensors", batch_size=4, cache_dir=cache,
+                  no_cache=False)
+        first = list(rows)
+        run_train(llama, data, tmp_path / "r2.safetensors", batch_size=4, cache_dir=cache,
+                  no_cache=False, min_examples=2)
     finally:
         handle.remove()
-    n_train_texts = sum(1 for texts in EMOTIONS.values() for i in range(len(texts)) if i % 3 != 2)
-    assert sum(rows) == n_train_texts == 12  # 3 concepts share every text, each runs once
-    assert max(rows) <= 4
+    n_texts = sum(len(texts) for texts in EMOTIONS.values())
+    assert sum(first) == n_texts == 18  # 3 concepts share every text (train and held-out)
+    assert max(first) <= 4
+    assert rows == first  # the rerun with other settings found every text in the cache
 
 
 @pytest.mark.parametrize("knob", [{"batch_size": 1}, {"batch_size": 7},

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -106,7 +106,7 @@ def capture(
     result = Captured()
     handles = []
 
-    def make_hook(index: int):  # noqa: ANN202 - torch hook signature
+    def make_hook(index: int) -> Callable[[nn.Module, object, object], None]:
         def hook(_module: nn.Module, _args: object, output: object) -> None:
             hidden = block_output(output)
             result.pooled[index] = pool(hidden, keep.to(hidden.device), pooling)
@@ -118,10 +118,8 @@ def capture(
     try:
         for index in sorted(set(layers)):
             handles.append(blocks[index].register_forward_hook(make_hook(index)))
-        try:
+        with contextlib.suppress(_StopForward):
             yield result
-        except _StopForward:
-            pass
     finally:
         for handle in handles:
             handle.remove()
@@ -238,6 +236,8 @@ def capture_texts(
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else CaptureStats()
+    if not texts:
+        return
     toks = tokenize(lm.tokenizer, texts, max_length=max_length, pool_start=pool_start)
     stats.truncated += sum(t.truncated for t in toks)
     side = padding_side or getattr(lm.tokenizer, "padding_side", "right")

@@ -7,7 +7,10 @@ reuse them.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,12 @@ import torch
 from amygdala import __version__
 from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
 from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
-from amygdala.corpus import Corpus, load_corpus
+from amygdala.corpus import NEGATIVE, Corpus, load_corpus, read_paragraphs
 from amygdala.errors import CaptureError, ConfigError, CorpusError
 from amygdala.fit import ConceptStats, get_method
 from amygdala.layers import DEFAULT_LAYERS, parse_layers
-from amygdala.models import LoadedModel, load_model
+from amygdala.models import LoadedModel, load_model, resolve_model_name
+from amygdala.store import ActivationStore, default_cache_dir, model_identity, text_hash, warn
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class TrainConfig:
     trust_remote_code: bool = False
     padding_side: str | None = None  # by default the tokenizer's
     progress: bool = True
+    cache_dir: Path | None = None  # activation store; by default ~/.cache/amygdala/activations
+    no_cache: bool = False  # use a temporary store, removed after the run
+    neutral: Path | None = None  # neutral text (.txt paragraphs or a folder of .txt): the
+    #                              calibration reference instead of each concept's negatives
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -107,32 +115,115 @@ def check_output(config: TrainConfig) -> None:
         raise ConfigError("--manifest must differ from --output")
 
 
-def accumulate(lm: LoadedModel, corpus: Corpus, layers: list[int],
-               config: TrainConfig) -> tuple[ConceptStats, CaptureStats, int]:
-    """One capture pass over the texts that carry a train label; returns running sums."""
-    rows = np.flatnonzero((corpus.train != 0).any(axis=1))
-    texts = [corpus.texts[i] for i in rows]
-    labels = torch.from_numpy(corpus.train[rows].astype(np.int8)).to(lm.device)
-    stats = ConceptStats.zeros(len(layers), len(corpus.concepts), lm.hidden_size, lm.device)
-    cstats = CaptureStats()
-    nonfinite = 0
-    for batch in capture_texts(lm, texts, layers, pooling=config.pooling,
+def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]
+                        ) -> dict[str, Any]:
+    """Everything that changes a pooled activation (the activation store's key)."""
+    return {
+        "model": config.model,
+        "revision": config.revision,
+        "model_identity": model_identity(resolve_model_name(config.model)),
+        "blocks_path": lm.blocks_path,
+        "layers": layers,
+        "pooling": config.pooling,
+        "pool_start": config.pool_start,
+        "max_length": config.max_length,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+    }
+
+
+@dataclass
+class Activations:
+    """Pooled activations of a set of texts, read back from the store as often as needed.
+
+    Fitting, calibration and evaluation each make their own pass through `iter`;
+    only one forward pass per text ever ran. Rows whose activations are not finite
+    (fp16 overflow) are dropped on the way out and remembered in `nonfinite`.
+    """
+
+    store: ActivationStore
+    hashes: list[str]  # one per text, in the caller's text order
+    nonfinite: set[int] = field(default_factory=set)
+
+    def iter(self, rows: Sequence[int], chunk: int = 256) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield `(text positions, acts [B, L, H] fp32)` for `rows`, in their order."""
+        rows = list(rows)
+        for positions, acts in self.store.iter_rows([self.hashes[r] for r in rows], chunk):
+            index = np.asarray([rows[p] for p in positions])
+            ok = torch.isfinite(acts).flatten(1).all(dim=1)
+            if not bool(ok.all()):
+                self.nonfinite.update(index[~ok.numpy()].tolist())
+                index, acts = index[ok.numpy()], acts[ok]
+            if len(index):
+                yield index, acts
+
+
+def capture_missing(lm: LoadedModel, texts: Sequence[str], acts: Activations,
+                    layers: list[int], config: TrainConfig, rows: Sequence[int]) -> CaptureStats:
+    """Run the model over the texts among `rows` that the store lacks, one shard per batch."""
+    missing = [rows[i] for i in acts.store.missing([acts.hashes[r] for r in rows])]
+    stats = CaptureStats()
+    for batch in capture_texts(lm, [texts[r] for r in missing], layers, pooling=config.pooling,
                                batch_size=config.batch_size, max_length=config.max_length,
                                pool_start=config.pool_start,
                                padding_side=config.padding_side,  # type: ignore[arg-type]
-                               progress=config.progress, stats=cstats):
-        ok = torch.isfinite(batch.acts).all(dim=2).all(dim=1)
-        index = batch.index.to(lm.device)
-        if not bool(ok.all()):
-            nonfinite += int((~ok).sum())
-            batch_labels, acts = labels[index[ok]], batch.acts[ok]
-        else:
-            batch_labels, acts = labels[index], batch.acts
-        stats.update(batch_labels, acts)
-    if nonfinite == len(texts):
-        raise CaptureError(f"every text gave NaN/Inf activations with --dtype {config.dtype}; "
-                           "fp16 overflows on many models: use --dtype bf16 or fp32")
-    return stats, cstats, nonfinite
+                               progress=config.progress, stats=stats):
+        acts.store.write([acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts)
+    return stats
+
+
+def accumulate(acts: Activations, labels: np.ndarray, rows: Sequence[int], n_layers: int,
+               hidden: int) -> ConceptStats:
+    """Pass 1: per-concept running sums over `rows` (labels `[n_texts, n_concepts]`)."""
+    stats = ConceptStats.zeros(n_layers, labels.shape[1], hidden)
+    for index, batch in acts.iter(rows):
+        stats.update(torch.from_numpy(labels[index]), batch)
+    return stats
+
+
+def calibrate(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
+              rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2: mean and std of each concept's projection over its reference texts.
+
+    `reference[i, c]` says whether text i is reference text for concept c (its
+    negatives, or the neutral texts for all). Returns `[n_layers, n_concepts]` each.
+    """
+    n_layers, n_concepts, _ = vectors.shape
+    s1 = np.zeros((n_layers, n_concepts))
+    s2 = np.zeros((n_layers, n_concepts))
+    count = np.zeros(n_concepts)
+    for index, batch in acts.iter(rows):
+        proj = torch.einsum("blh,lch->blc", batch, vectors).double().numpy()
+        mask = reference[index].astype(np.float64)  # [B, C]
+        s1 += np.einsum("blc,bc->lc", proj, mask)
+        s2 += np.einsum("blc,bc->lc", proj * proj, mask)
+        count += mask.sum(0)
+    n = np.maximum(count, 1)[None, :]
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean**2, 0.0) * (n / np.maximum(n - 1, 1))
+    return mean, np.sqrt(var)
+
+
+def load_neutral(path: Path) -> list[str]:
+    """Neutral texts: paragraphs of a .txt file, or of every .txt file in a folder."""
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not path.exists() or not files:
+        raise CorpusError(f"--neutral {path}: no such file, or a folder without .txt files")
+    texts = [p for f in files for p in read_paragraphs(f)]
+    if len(texts) < 2:
+        raise CorpusError(f"--neutral {path}: need at least 2 paragraphs of neutral text")
+    return texts
+
+
+@contextlib.contextmanager
+def open_store(config: TrainConfig, fingerprint: dict[str, Any]) -> Iterator[ActivationStore]:
+    """The run's activation store: the cache, or a temporary one with --no-cache."""
+    if not config.no_cache:
+        store = ActivationStore(config.cache_dir or default_cache_dir(), fingerprint)
+        warn(store.problems)
+        yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="amygdala-acts-") as tmp:
+        yield ActivationStore(Path(tmp), fingerprint)
 
 
 def build_manifest(config: TrainConfig, lm: LoadedModel, corpus: Corpus, layers: list[int],
@@ -176,22 +267,62 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     """
     check_output(config)
     corpus, skipped = select_concepts(load_corpus(config.training_data_dir), config.min_examples)
+    neutral = load_neutral(config.neutral) if config.neutral else []
     if lm is None:
         lm = load_model(config.model, device=config.device, dtype=config.dtype,
                         revision=config.revision, blocks_path=config.blocks_path,
                         trust_remote_code=config.trust_remote_code)
     layers = parse_layers(config.target_layers, lm.n_layers)
-    stats, cstats, nonfinite = accumulate(lm, corpus, layers, config)
+    texts = list(corpus.texts) + neutral
+    train_rows = np.flatnonzero((corpus.train != 0).any(axis=1)).tolist()
+    needed = sorted(set(train_rows) | set(np.flatnonzero((corpus.heldout != 0).any(axis=1)))
+                    | set(range(len(corpus.texts), len(texts))))
+    with open_store(config, capture_fingerprint(config, lm, layers)) as store:
+        acts = Activations(store, [text_hash(t) for t in texts])
+        cstats = capture_missing(lm, texts, acts, layers, config, needed)
+        stats = accumulate(acts, corpus.train, train_rows, len(layers), lm.hidden_size)
+        if len(acts.nonfinite) >= len(train_rows):
+            raise CaptureError(f"every text gave NaN/Inf activations with --dtype {config.dtype}; "
+                               "fp16 overflows on many models: use --dtype bf16 or fp32")
+        vectors = fit_vectors(config, corpus, stats)
+        stored = vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
+        reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
+        mean, std = calibrate(acts, stored, reference, ref_rows)
+    manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
+    manifest["calibration"] = {"reference": ref_name, "mean": mean.round(6).tolist(),
+                               "std": std.round(6).tolist()}
+    per_layer = {layer: vectors[i] for i, layer in enumerate(layers)}
+    vec_path, man_path = save_artifact(per_layer, manifest, config.output, config.manifest_path)
+    return TrainResult(vec_path, man_path, manifest, cstats, skipped, len(acts.nonfinite),
+                       corpus.problems)
+
+
+def fit_vectors(config: TrainConfig, corpus: Corpus, stats: ConceptStats) -> torch.Tensor:
+    """Apply the chosen method; every concept must get a finite, non-zero direction."""
     vectors = get_method(config.method)(stats)
     bad = ~torch.isfinite(vectors).all(dim=-1) | (vectors.norm(dim=-1) == 0)
     if bool(bad.any()):
         names = sorted({corpus.concepts[c] for _, c in bad.nonzero().tolist()})
         raise CaptureError(f"method {config.method} gave no direction for {names} (positives "
                            "and negatives have the same mean?)")
-    manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
-    per_layer = {layer: vectors[i].cpu() for i, layer in enumerate(layers)}
-    vec_path, man_path = save_artifact(per_layer, manifest, config.output, config.manifest_path)
-    return TrainResult(vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems)
+    return vectors
+
+
+def calibration_reference(corpus: Corpus, n_neutral: int, train_rows: list[int]
+                          ) -> tuple[np.ndarray, list[int], str]:
+    """Which texts calibrate which concept: the neutral texts when given, else its negatives.
+
+    Returns the `[n_texts, n_concepts]` mask over corpus texts followed by neutral texts,
+    the rows to read, and the reference's name for the manifest.
+    """
+    n_texts, n_concepts = len(corpus.texts), len(corpus.concepts)
+    if n_neutral:
+        mask = np.zeros((n_texts + n_neutral, n_concepts), dtype=bool)
+        mask[n_texts:] = True
+        return mask, list(range(n_texts, n_texts + n_neutral)), "neutral"
+    mask = np.zeros((n_texts, n_concepts), dtype=bool)
+    mask[:] = corpus.train == NEGATIVE
+    return mask, train_rows, "negatives"
 
 
 def print_summary(result: TrainResult, file: Any = None) -> None:

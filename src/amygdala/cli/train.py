@@ -71,6 +71,14 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run custom model code from the model repository (off by default)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="activation store (resume, reruns skip the model); by default "
+                   "$AMYGDALA_CACHE_DIR or ~/.cache/amygdala/activations")
+    g.add_argument("--no-cache", action="store_true",
+                   help="keep activations in a temporary store removed after the run")
+    g.add_argument("--neutral", type=Path, default=None,
+                   help="neutral text (.txt, paragraphs separated by blank lines, or a folder "
+                   "of them): the calibration reference; by default each concept's negatives")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +110,9 @@ def config_from_args(args: argparse.Namespace, training_data_dir: Path | None = 
         trust_remote_code=args.trust_remote_code,
         padding_side=args.padding_side,
         progress=not args.no_progress,
+        cache_dir=args.cache_dir,
+        no_cache=args.no_cache,
+        neutral=args.neutral,
     )
 
 
