@@ -81,7 +81,8 @@ class Captured:
         if missing:
             raise RuntimeError(f"layers {missing} produced no activations: the forward pass "
                                "never reached them")
-        return torch.stack([self.pooled[layer] for layer in layers], dim=1)
+        device = self.pooled[layers[0]].device  # with device_map, layers live on several GPUs
+        return torch.stack([self.pooled[layer].to(device) for layer in layers], dim=1)
 
 
 @contextlib.contextmanager

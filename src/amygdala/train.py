@@ -22,6 +22,7 @@ from amygdala import __version__
 from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
 from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
 from amygdala.corpus import NEGATIVE, Corpus, load_corpus, read_paragraphs
+from amygdala.distributed import init_distributed
 from amygdala.errors import CaptureError, ConfigError, CorpusError
 from amygdala.fit import ConceptStats, get_method
 from amygdala.layers import DEFAULT_LAYERS, parse_layers
@@ -54,6 +55,7 @@ class TrainConfig:
     progress: bool = True
     cache_dir: Path | None = None  # activation store; by default ~/.cache/amygdala/activations
     no_cache: bool = False  # use a temporary store, removed after the run
+    device_map: str | None = None  # e.g. `auto`: spread a large model over GPUs (accelerate)
     neutral: Path | None = None  # neutral text (.txt paragraphs or a folder of .txt): the
     #                              calibration reference instead of each concept's negatives
 
@@ -88,6 +90,7 @@ class TrainResult:
     skipped_concepts: dict[str, str] = field(default_factory=dict)
     nonfinite_texts: int = 0
     corpus_problems: tuple[str, ...] = ()  # training rows skipped, with where and why
+    cached_texts: int = 0  # texts whose activations came from the activation store
 
 
 def select_concepts(corpus: Corpus, min_examples: int) -> tuple[Corpus, dict[str, str]]:
@@ -180,26 +183,31 @@ def accumulate(acts: Activations, labels: np.ndarray, rows: Sequence[int], n_lay
     return stats
 
 
-def calibrate(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
-              rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 2: mean and std of each concept's projection over its reference texts.
+def calibration_sums(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
+                     rows: Sequence[int]) -> np.ndarray:
+    """Pass 2: count, sum and sum of squares of each concept's projection on its reference.
 
     `reference[i, c]` says whether text i is reference text for concept c (its
-    negatives, or the neutral texts for all). Returns `[n_layers, n_concepts]` each.
+    negatives, or the neutral texts for all). Returns `[3, n_layers, n_concepts]`
+    float64 sums, which add across processes; `calibration_stats` turns them into
+    mean and std.
     """
     n_layers, n_concepts, _ = vectors.shape
-    s1 = np.zeros((n_layers, n_concepts))
-    s2 = np.zeros((n_layers, n_concepts))
-    count = np.zeros(n_concepts)
+    sums = np.zeros((3, n_layers, n_concepts))
     for index, batch in acts.iter(rows):
         proj = torch.einsum("blh,lch->blc", batch, vectors).double().numpy()
         mask = reference[index].astype(np.float64)  # [B, C]
-        s1 += np.einsum("blc,bc->lc", proj, mask)
-        s2 += np.einsum("blc,bc->lc", proj * proj, mask)
-        count += mask.sum(0)
-    n = np.maximum(count, 1)[None, :]
-    mean = s1 / n
-    var = np.maximum(s2 / n - mean**2, 0.0) * (n / np.maximum(n - 1, 1))
+        sums[0] += mask.sum(0)[None, :]
+        sums[1] += np.einsum("blc,bc->lc", proj, mask)
+        sums[2] += np.einsum("blc,bc->lc", proj * proj, mask)
+    return sums
+
+
+def calibration_stats(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(mean, std)` `[n_layers, n_concepts]` from `calibration_sums` (std with ddof=1)."""
+    n = np.maximum(sums[0], 1)
+    mean = sums[1] / n
+    var = np.maximum(sums[2] / n - mean**2, 0.0) * (n / np.maximum(n - 1, 1))
     return mean, np.sqrt(var)
 
 
@@ -268,33 +276,45 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     check_output(config)
     corpus, skipped = select_concepts(load_corpus(config.training_data_dir), config.min_examples)
     neutral = load_neutral(config.neutral) if config.neutral else []
+    dist, device = init_distributed(config.device)
     if lm is None:
-        lm = load_model(config.model, device=config.device, dtype=config.dtype,
+        lm = load_model(config.model, device=device, dtype=config.dtype,
                         revision=config.revision, blocks_path=config.blocks_path,
-                        trust_remote_code=config.trust_remote_code)
+                        trust_remote_code=config.trust_remote_code,
+                        device_map=config.device_map)
     layers = parse_layers(config.target_layers, lm.n_layers)
     texts = list(corpus.texts) + neutral
     train_rows = np.flatnonzero((corpus.train != 0).any(axis=1)).tolist()
     needed = sorted(set(train_rows) | set(np.flatnonzero((corpus.heldout != 0).any(axis=1)))
                     | set(range(len(corpus.texts), len(texts))))
+    mine = set(dist.share(needed))  # this process's texts (all of them without torchrun)
     with open_store(config, capture_fingerprint(config, lm, layers)) as store:
         acts = Activations(store, [text_hash(t) for t in texts])
-        cstats = capture_missing(lm, texts, acts, layers, config, needed)
-        stats = accumulate(acts, corpus.train, train_rows, len(layers), lm.hidden_size)
-        if len(acts.nonfinite) >= len(train_rows):
+        cstats = capture_missing(lm, texts, acts, layers, config, [r for r in needed if r in mine])
+        stats = accumulate(acts, corpus.train, [r for r in train_rows if r in mine], len(layers),
+                           lm.hidden_size)
+        for tensor in (stats.pos_sum, stats.neg_sum, stats.pos_count, stats.neg_count):
+            dist.sum_(tensor)
+        nonfinite = int(dist.sum_array(np.array([len(acts.nonfinite)]))[0])
+        if nonfinite >= len(train_rows):
             raise CaptureError(f"every text gave NaN/Inf activations with --dtype {config.dtype}; "
                                "fp16 overflows on many models: use --dtype bf16 or fp32")
         vectors = fit_vectors(config, corpus, stats)
         stored = vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
         reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
-        mean, std = calibrate(acts, stored, reference, ref_rows)
+        sums = calibration_sums(acts, stored, reference, [r for r in ref_rows if r in mine])
+        mean, std = calibration_stats(dist.sum_array(sums))
     manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
     manifest["calibration"] = {"reference": ref_name, "mean": mean.round(6).tolist(),
                                "std": std.round(6).tolist()}
-    per_layer = {layer: vectors[i] for i, layer in enumerate(layers)}
-    vec_path, man_path = save_artifact(per_layer, manifest, config.output, config.manifest_path)
-    return TrainResult(vec_path, man_path, manifest, cstats, skipped, len(acts.nonfinite),
-                       corpus.problems)
+    vec_path, man_path = config.output, config.manifest_path
+    if dist.is_main:
+        per_layer = {layer: vectors[i] for i, layer in enumerate(layers)}
+        save_artifact(per_layer, manifest, vec_path, man_path)
+    dist.barrier()
+    cached = int(dist.sum_array(np.array([len(mine) - cstats.texts]))[0])
+    return TrainResult(vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems,
+                       cached)
 
 
 def fit_vectors(config: TrainConfig, corpus: Corpus, stats: ConceptStats) -> torch.Tensor:
@@ -333,7 +353,8 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
     print(f"trained {len(m['concepts'])} concepts x {len(m['layers'])} layers {m['layers']} "
           f"({m['method']}, {m['pooling']} pooling) on {m['model']}", file=out)
     print(f"captured {c.texts} texts / {c.tokens} tokens in {c.seconds:.1f}s "
-          f"({rate:.1f} texts/s); truncated to --max-length: {c.truncated}", file=out)
+          f"({rate:.1f} texts/s), {result.cached_texts} found in the activation cache; "
+          f"truncated to --max-length: {c.truncated}", file=out)
     for concept in m["concepts"]:
         n = m["counts"][concept]
         print(f"  {concept:<24} {n['positive']:>6} positive {n['negative']:>7} negative", file=out)

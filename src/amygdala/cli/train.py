@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
                    "$AMYGDALA_CACHE_DIR or ~/.cache/amygdala/activations")
     g.add_argument("--no-cache", action="store_true",
                    help="keep activations in a temporary store removed after the run")
+    g.add_argument("--device-map", default=None,
+                   help="`auto` places a model too large for one GPU across several "
+                   "(needs accelerate); by default the whole model goes to --device")
     g.add_argument("--neutral", type=Path, default=None,
                    help="neutral text (.txt, paragraphs separated by blank lines, or a folder "
                    "of them): the calibration reference; by default each concept's negatives")
@@ -113,6 +117,7 @@ def config_from_args(args: argparse.Namespace, training_data_dir: Path | None = 
         cache_dir=args.cache_dir,
         no_cache=args.no_cache,
         neutral=args.neutral,
+        device_map=args.device_map,
     )
 
 
@@ -120,5 +125,6 @@ def run(args: argparse.Namespace) -> int:
     from amygdala.train import print_summary, train
 
     result = train(config_from_args(args))
-    print_summary(result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
+        print_summary(result)
     return 0
