@@ -52,21 +52,24 @@ def pool(hidden: Tensor, keep: Tensor, how: Pooling) -> Tensor:
 
     `mean` averages the kept positions; `last` takes the last kept position. Masked
     positions are zeroed with `where` (not multiplied), so NaN from a padded position
-    cannot leak into the result. Rows with nothing kept come back as zeros.
+    cannot leak into the result. A row with nothing to pool (a text made only of
+    special tokens) comes back as NaN, so it is skipped and counted downstream instead
+    of silently joining the means as zeros.
     """
+    any_kept = keep.any(dim=1, keepdim=True)
     if how == "mean":
-        masked = torch.where(keep.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype,
-                                                                      device=hidden.device))
-        total = masked.sum(dim=1, dtype=torch.float32)
+        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        total = torch.where(keep.unsqueeze(-1), hidden, zero).sum(dim=1, dtype=torch.float32)
         count = keep.sum(dim=1, keepdim=True).clamp_min(1).to(torch.float32)
-        return total / count
-    if how == "last":
+        pooled = total / count
+    elif how == "last":
         positions = torch.arange(keep.shape[1], device=keep.device)
         last = torch.where(keep, positions, -1).amax(dim=1).clamp_min(0)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        picked = hidden[rows, last].to(torch.float32)
-        return torch.where(keep.any(dim=1, keepdim=True), picked, torch.zeros_like(picked))
-    raise ConfigError(f"pooling {how!r}: choose one of {', '.join(POOLINGS)}")
+        pooled = hidden[rows, last].to(torch.float32)
+    else:
+        raise ConfigError(f"pooling {how!r}: choose one of {', '.join(POOLINGS)}")
+    return torch.where(any_kept, pooled, torch.full_like(pooled, float("nan")))
 
 
 @dataclass
@@ -149,7 +152,8 @@ def tokenize(
 ) -> list[Tokenized]:
     """Tokenize with special tokens, truncate to `max_length`, mark poolable positions.
 
-    Special tokens (BOS, [CLS], [SEP] …) are never pooled; the first `pool_start`
+    Special tokens (BOS, [CLS], [SEP] …, also when typed into the text) are never
+    pooled; the first `pool_start`
     real tokens are skipped too (mean pooling "from token offset k").
     """
     if max_length < 1:
@@ -167,9 +171,12 @@ def tokenize(
                           return_attention_mask=False)
         longer = {i for i, ids in zip(full, probe["input_ids"]) if len(ids) > max_length}
         longer |= {i for i in full if len(texts[i]) > char_cap}
+    # Special tokens typed into the text itself ("<s>", "<|im_end|>") are not marked by
+    # special_tokens_mask; they are never pooled either.
+    special_ids = set(getattr(tokenizer, "all_special_ids", ()))
     out = []
     for i, (ids, special) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-        keep = [not s for s in special]
+        keep = [not s and t not in special_ids for s, t in zip(special, ids)]
         if pool_start:
             seen = 0
             for j, k in enumerate(keep):

@@ -195,9 +195,11 @@ def load_model(
         kwargs["device_map"] = device_map
     try:
         model = loader.from_pretrained(resolved, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model weights from {name!r}: {first}") from None
+    except Exception as exc:  # foreign files fail in many ways (SafetensorError, OSError …)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"cannot load model weights from {name!r}: "
+                             f"{type(exc).__name__}: {first} (truncated or corrupt weight "
+                             "files? download or copy them again)") from None
     if not device_map:
         model.to(dev)
     model.eval()

@@ -297,8 +297,9 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
             dist.sum_(tensor)
         nonfinite = int(dist.sum_array(np.array([len(acts.nonfinite)]))[0])
         if nonfinite >= len(train_rows):
-            raise CaptureError(f"every text gave NaN/Inf activations with --dtype {config.dtype}; "
-                               "fp16 overflows on many models: use --dtype bf16 or fp32")
+            raise CaptureError(f"every training text gave NaN/Inf activations with --dtype "
+                               f"{config.dtype}; fp16 overflows on many models: use --dtype "
+                               "bf16 or fp32")
         vectors = fit_vectors(config, corpus, stats)
         stored = vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
         reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
@@ -362,7 +363,8 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
         print(f"  skipped {concept}: {reason}", file=out)
     if result.nonfinite_texts:
         print(f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
-              "overflow? try --dtype bf16 or fp32)", file=out)
+              "overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens)",
+              file=out)
     if result.corpus_problems:
         print(f"skipped {len(result.corpus_problems)} unusable training rows, e.g.:", file=out)
         for line in result.corpus_problems[:5]:
