@@ -23,6 +23,7 @@ from amygdala.errors import AmygdalaError
 # subcommand name -> module (relative to this package)
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "extract": "extract",
     "validate": "validate",
 }
 

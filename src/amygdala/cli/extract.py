@@ -1,0 +1,208 @@
+"""`amygdala extract`: a memory graph (file export or MCP server) → training-data directory."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amygdala.graph.nodes import GraphSource
+    from amygdala.graph.select import SelectionOptions
+
+HELP = "turn a tagged memory graph into a training-data directory"
+DESCRIPTION = """\
+Read a memory graph, take each node's trailing emotion tag lines (`warmth:9 clarity:10`)
+as its labels, strip them from the text, and write one <emotion>.jsonl of positives and
+negatives per emotion plus manifest.json.
+
+Usage:
+  amygdala extract --graph graph.jsonl --output-dir training-data/
+  amygdala extract --memory-mcp-url http://localhost:7777 --output-dir training-data/
+
+Positive for E: score(E) >= --min-positive-score. Negative for E: a node that has tags,
+where E is absent or scores at most --max-negative-score, and whose text names E at most
+--max-negative-mentions times. Untagged nodes are neither. The output directory appears
+complete or not at all; an existing training-data directory there is replaced.
+"""
+
+_MCP_MODULE = "amygdala.graph.mcp_source"
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--graph FILE` and the MCP source's flags (`--memory-mcp-url URL` …)."""
+    g = parser.add_argument_group("graph source (pass exactly one)")
+    g.add_argument(
+        "--graph",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a graph file export: JSONL, one node per line, or a JSON array",
+    )
+    try:
+        from amygdala.graph.mcp_source import add_mcp_arguments
+    except ModuleNotFoundError as exc:
+        if exc.name != _MCP_MODULE:
+            raise
+        g.add_argument(
+            "--memory-mcp-url",
+            default=None,
+            metavar="URL",
+            help="base URL of a memory MCP server (not available in this install)",
+        )
+    else:
+        add_mcp_arguments(parser)
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The selection flags (names and defaults of the original design)."""
+    from amygdala.graph.select import SelectionOptions
+
+    d = SelectionOptions()
+    g = parser.add_argument_group("selection")
+    g.add_argument(
+        "--min-positive-score",
+        type=float,
+        default=d.min_positive_score,
+        help=f"positive for E when score(E) >= this; default {d.min_positive_score:g}",
+    )
+    g.add_argument(
+        "--max-negative-score",
+        type=float,
+        default=d.max_negative_score,
+        help="a tagged node is a negative for E only when E is absent or scores at "
+        f"most this; default {d.max_negative_score:g}",
+    )
+    g.add_argument(
+        "--max-negative-mentions",
+        type=int,
+        default=d.max_negative_mentions,
+        help="a negative for E names E (whole word, any case) at most this many "
+        f"times; default {d.max_negative_mentions}",
+    )
+    g.add_argument(
+        "--min-content-chars",
+        type=int,
+        default=d.min_content_chars,
+        help=f"skip nodes whose text (tag lines removed) is shorter; default {d.min_content_chars}",
+    )
+    g.add_argument(
+        "--max-examples-per-emotion",
+        type=int,
+        default=d.max_examples_per_emotion,
+        help="cap on positives and on negatives, each, with a deterministic sample; "
+        f"0 = no cap; default {d.max_examples_per_emotion}",
+    )
+    g.add_argument(
+        "--emotions",
+        default=None,
+        metavar="LIST|@FILE",
+        help="emotions to emit: a,b,c, or @FILE / a file path with names separated "
+        "by commas, spaces or newlines (# comments); by default every emotion "
+        "seen in a valid tag",
+    )
+    g.add_argument(
+        "--min-positives",
+        type=int,
+        default=d.min_positives,
+        help=f"emotions with fewer positives are left out and reported; default {d.min_positives}",
+    )
+    g.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=d.heldout_fraction,
+        help="share of nodes written with split 'heldout', chosen by a stable hash "
+        f"of the node key; default {d.heldout_fraction:g}",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=f"seed of the capped sample and the split; default {d.seed}",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="the training-data directory to write (replaced as a whole)",
+    )
+    add_selection_arguments(parser)
+
+
+def parse_emotions_arg(value: str) -> list[str]:
+    """`a,b,c`, `@FILE` or an existing file path → the names it lists."""
+    from amygdala.errors import ConfigError
+
+    path = Path(value[1:]) if value.startswith("@") else Path(value)
+    if value.startswith("@") or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--emotions {value}: cannot read {path} ({exc})") from None
+        text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    else:
+        text = value
+    return [name for name in re.split(r"[\s,]+", text) if name]
+
+
+def options_from_args(args: argparse.Namespace) -> SelectionOptions:
+    """SelectionOptions from parsed flags (ConfigError for values that cannot work)."""
+    from amygdala.graph.select import SelectionOptions
+
+    emotions = parse_emotions_arg(args.emotions) if args.emotions is not None else None
+    return SelectionOptions(
+        min_positive_score=args.min_positive_score,
+        max_negative_score=args.max_negative_score,
+        max_negative_mentions=args.max_negative_mentions,
+        min_content_chars=args.min_content_chars,
+        max_examples_per_emotion=args.max_examples_per_emotion,
+        emotions=tuple(emotions) if emotions is not None else None,
+        min_positives=args.min_positives,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+    )
+
+
+def source_from_args(args: argparse.Namespace, default_graph: Path | None = None) -> GraphSource:
+    """The graph source the flags name; `default_graph` when neither flag is given."""
+    from amygdala.errors import ConfigError
+    from amygdala.graph.filesource import FileSource
+
+    graph, url = args.graph, getattr(args, "memory_mcp_url", None)
+    if graph is not None and url:
+        raise ConfigError("pass either --graph FILE or --memory-mcp-url URL, not both")
+    if graph is not None:
+        return FileSource(graph)
+    if url:
+        try:
+            from amygdala.graph.mcp_source import mcp_source_from_args
+        except ModuleNotFoundError as exc:
+            if exc.name != _MCP_MODULE:
+                raise
+            raise ConfigError(
+                "--memory-mcp-url: this install has no MCP graph source "
+                f"({_MCP_MODULE}); export the graph to a file and pass "
+                "--graph FILE"
+            ) from None
+        return mcp_source_from_args(args)
+    if default_graph is not None:
+        return FileSource(default_graph)
+    raise ConfigError(
+        "no graph: pass --graph FILE (a JSONL export) or --memory-mcp-url URL "
+        "(a memory MCP server such as `amygdala memory-server`)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from amygdala.graph.extract import extract, print_summary
+
+    options = options_from_args(args)
+    source = source_from_args(args)
+    summary = extract(source, options, args.output_dir)
+    print_summary(summary)
+    return 0

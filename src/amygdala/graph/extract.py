@@ -1,0 +1,199 @@
+"""Graph → training-data directory (DESIGN.md, "Training-data directory").
+
+```
+DIR/manifest.json    {"format": "amygdala-training-data/1", "source", "selection",
+                      "emotions", "summary"}
+DIR/<emotion>.jsonl  {"emotion", "polarity", "text", "key", "score", "split"} per line
+```
+
+The directory is written through `atomic_directory`: it appears complete or not at
+all, and an existing one is replaced only when the new one is whole. The bytes depend
+only on the graph's nodes and the options — rows sorted, keys in a fixed order, no
+timestamps — so a graph read from a file export and the same graph read over MCP give
+identical `<emotion>.jsonl` files. In `manifest.json` only `source` and
+`summary.graph` (records, deleted, superseded, problems: what the source itself
+reported) depend on where the graph came from.
+
+Example:
+    >>> from amygdala.graph.filesource import FileSource
+    >>> summary = extract(FileSource(Path("graph.jsonl")), SelectionOptions(),
+    ...                   Path("training-data"))  # doctest: +SKIP
+    >>> sorted(summary.selection.emotions)  # doctest: +SKIP
+    ['clarity', 'curiosity', 'warmth']
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from amygdala._io import atomic_directory
+from amygdala.errors import ConfigError, GraphError
+from amygdala.graph.nodes import GraphRead, GraphSource
+from amygdala.graph.select import (
+    Example,
+    Selection,
+    SelectionOptions,
+    SelectionSummary,
+    select,
+)
+
+FORMAT = "amygdala-training-data/1"
+MAX_PROBLEMS_IN_MANIFEST = 100  # problem lines kept in manifest.json (all are counted)
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What an extraction read, selected and wrote."""
+
+    output_dir: Path
+    source: str
+    records_seen: int  # records the source read (malformed ones included)
+    nodes: int  # live nodes the source returned
+    deleted: int
+    superseded: int
+    problems: tuple[str, ...]  # source records that could not be used, with location
+    selection: SelectionSummary
+    manifest: dict[str, Any]
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse to replace anything that is not a training-data directory we wrote.
+
+    The directory is replaced as a whole, so `--output-dir .` or a typo must not
+    wipe unrelated files.
+    """
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--output-dir {path} is a file; pass a directory path")
+    if not any(path.iterdir()):
+        return
+    try:
+        fmt = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
+        raise ConfigError(
+            f"--output-dir {path} exists and is not a training-data directory "
+            f"(no manifest.json with format {FORMAT!r}); it would be replaced "
+            "as a whole, so pass a new or empty directory"
+        )
+
+
+def graph_summary(read: GraphRead) -> dict[str, Any]:
+    """The source-dependent part of the manifest summary."""
+    return {
+        "records_seen": read.records_seen,
+        "nodes": len(read.nodes),
+        "deleted": read.deleted,
+        "superseded": read.superseded,
+        "malformed_records": len(read.problems),
+        "problems": list(read.problems[:MAX_PROBLEMS_IN_MANIFEST]),
+    }
+
+
+def build_manifest(read: GraphRead, selection: Selection) -> dict[str, Any]:
+    """manifest.json's content: format, source, flags, per-emotion counts, summary."""
+    summary = selection.summary
+    return {
+        "format": FORMAT,
+        "source": read.source,
+        "selection": selection.options.to_json(),
+        "emotions": {e: c.to_json() for e, c in summary.emotions.items()},
+        "summary": {"graph": graph_summary(read), **summary.to_json()},
+    }
+
+
+def _jsonl(rows: tuple[Example, ...]) -> bytes:
+    return "".join(json.dumps(r.to_row(), ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def _nothing_selected(read: GraphRead, summary: SelectionSummary) -> GraphError:
+    if summary.nodes_used == 0:
+        skipped = ", ".join(f"{n} {r}" for r, n in summary.skipped.items()) or "none"
+        return GraphError(
+            f"{read.source}: none of its {len(read.nodes)} live nodes can be used (skipped: "
+            f"{skipped}); a node needs a trailing tag line such as 'warmth:9 clarity:7' and "
+            "--min-content-chars of text"
+        )
+    reasons = "; ".join(f"{e}: {r}" for e, r in list(summary.left_out.items())[:5])
+    more = f" (and {len(summary.left_out) - 5} more)" if len(summary.left_out) > 5 else ""
+    return GraphError(
+        f"{read.source}: no emotion has enough examples — {reasons}{more}. "
+        "Lower --min-positives or --min-positive-score, or pick --emotions"
+    )
+
+
+def write_training_data(output_dir: Path, read: GraphRead, selection: Selection) -> dict[str, Any]:
+    """Write manifest.json and one <emotion>.jsonl per emitted emotion, atomically."""
+    manifest = build_manifest(read, selection)
+    with atomic_directory(output_dir) as tmp:
+        for emotion, rows in selection.examples.items():
+            (tmp / f"{emotion}.jsonl").write_bytes(_jsonl(rows))
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        (tmp / "manifest.json").write_bytes(text.encode())
+    return manifest
+
+
+def extract(source: GraphSource, options: SelectionOptions, output_dir: Path) -> ExtractSummary:
+    """Read a graph, select examples, write the training-data directory.
+
+    Raises `GraphError` when the graph cannot be read or yields no emotion, and
+    `ConfigError` when `output_dir` is something other than a training-data directory;
+    in both cases nothing is written.
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
+    read = source.read()
+    selection = select(read.nodes, options)
+    if not selection.examples:
+        raise _nothing_selected(read, selection.summary)
+    manifest = write_training_data(output_dir, read, selection)
+    return ExtractSummary(
+        output_dir=output_dir,
+        source=read.source,
+        records_seen=read.records_seen,
+        nodes=len(read.nodes),
+        deleted=read.deleted,
+        superseded=read.superseded,
+        problems=tuple(read.problems),
+        selection=selection.summary,
+        manifest=manifest,
+    )
+
+
+def print_summary(summary: ExtractSummary, file: TextIO | None = None) -> None:
+    """A short human summary (stderr by default): counts, skips, left-out emotions."""
+    out = file or sys.stderr
+    sel = summary.selection
+    print(
+        f"read {summary.records_seen} records from {summary.source}: {summary.nodes} live "
+        f"nodes, {summary.deleted} deleted, {summary.superseded} superseded, "
+        f"{len(summary.problems)} malformed",
+        file=out,
+    )
+    for line in summary.problems[:5]:
+        print(f"  {line}", file=out)
+    if len(summary.problems) > 5:
+        print(f"  … {len(summary.problems) - 5} more in manifest.json", file=out)
+    skipped = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sel.skipped.items()) or "none"
+    print(f"used {sel.nodes_used} of {sel.nodes_seen} nodes; skipped: {skipped}", file=out)
+    if sel.malformed_tags:
+        print(
+            f"malformed tags: {sel.malformed_tags} tokens in {sel.nodes_with_malformed_tags} "
+            "nodes (reported, never used), e.g.:",
+            file=out,
+        )
+        for line in sel.malformed_tag_examples[:5]:
+            print(f"  {line}", file=out)
+    print(f"  {'emotion':<20} {'positive':>9} {'negative':>9} {'heldout':>13}", file=out)
+    for emotion, c in sel.emotions.items():
+        held = f"{c.heldout_positive}+/{c.heldout_negative}-"
+        print(f"  {emotion:<20} {c.positive:>9} {c.negative:>9} {held:>13}", file=out)
+    for emotion, reason in sel.left_out.items():
+        print(f"  left out {emotion}: {reason}", file=out)
+    print(f"wrote {len(sel.emotions)} emotions to {summary.output_dir}", file=out)
