@@ -135,19 +135,19 @@ def _array_values(data: bytes, path: Path) -> Iterator[tuple[str, object | Excep
         values = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise GraphError(
-            f"{path}: not valid UTF-8 at byte {exc.start}; a graph export must be "
+            f"--graph {path}: not valid UTF-8 at byte {exc.start}; a graph export must be "
             "UTF-8 JSONL or a JSON array"
         ) from None
     except json.JSONDecodeError as exc:
         raise GraphError(
-            f"{path}: starts with '[' but is not a valid JSON array ({exc.msg} at "
+            f"--graph {path}: starts with '[' but is not a valid JSON array ({exc.msg} at "
             f"line {exc.lineno} column {exc.colno}); fix it or export JSONL, one "
             "node per line, where a bad line only skips that node"
         ) from None
     except RecursionError:
-        raise GraphError(f"{path}: JSON nested too deeply to read") from None
+        raise GraphError(f"--graph {path}: JSON nested too deeply to read") from None
     if not isinstance(values, list):
-        raise GraphError(f"{path}: the top-level JSON value is not an array of nodes")
+        raise GraphError(f"--graph {path}: the top-level JSON value is not an array of nodes")
     for index, value in enumerate(values, start=1):
         yield f"item {index}", value
 
