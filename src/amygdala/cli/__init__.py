@@ -24,6 +24,7 @@ from amygdala.errors import AmygdalaError
 COMMANDS: dict[str, str] = {
     "train": "train",
     "extract": "extract",
+    "run": "run",
     "validate": "validate",
 }
 
