@@ -227,6 +227,7 @@ class _Candidate:
     scores: dict[str, float]
     blocked: frozenset[str]  # names with a bad token: never a negative for them
     split: Split
+    folded: str  # casefolded text: a cheap pre-check before the mention regex
 
 
 def _rank(*parts: object) -> int:
@@ -310,6 +311,7 @@ def _prepare(nodes: Sequence[Node], options: SelectionOptions) -> _Prepared:
             parsed.scores,
             parsed.bad_names,
             split_of(key, options.seed, options.heldout_fraction),
+            parsed.text.casefold(),
         )
         by_text[parsed.text] = cand
         prep.candidates.append(cand)
@@ -324,6 +326,9 @@ def _is_negative(
     score = c.scores.get(emotion)
     if score is not None and score > options.max_negative_score:
         return False
+    first_word = emotion.split("_", 1)[0]
+    if first_word not in c.folded:
+        return True  # cannot be mentioned at all
     return len(pattern.findall(c.text)) <= options.max_negative_mentions
 
 

@@ -143,12 +143,16 @@ def parse_token(token: str) -> tuple[str, float] | BadToken:
 
 def is_tag_line(line: str) -> bool:
     """Does this (trailing) line look like a tag line? See the module docstring."""
+    if ":" not in line:  # fast path: prose lines
+        return False
     kinds = [classify_token(t) for t in _tokens(line)]
     n_tag, n_other = kinds.count("tag"), kinds.count("other")
     return n_tag >= 1 and (n_other == 0 or (n_tag >= 2 and n_tag > n_other))
 
 
 def _is_interior_label_line(line: str) -> bool:
+    if ":" not in line:
+        return False
     tokens = _tokens(line)
     if not tokens or any(classify_token(t) == "other" for t in tokens):
         return False
