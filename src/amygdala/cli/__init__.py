@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "run": "run",
     "validate": "validate",
+    "readout": "readout",
+    "serve": "serve",
+    "watch": "watch",
 }
 
 

@@ -131,7 +131,7 @@ def _nothing_selected(read: GraphRead, summary: SelectionSummary) -> GraphError:
 def write_training_data(output_dir: Path, read: GraphRead, selection: Selection) -> dict[str, Any]:
     """Write manifest.json and one <emotion>.jsonl per emitted emotion, atomically."""
     manifest = build_manifest(read, selection)
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(Path(output_dir).resolve()) as tmp:  # resolve: `.` has no name
         for emotion, rows in selection.examples.items():
             (tmp / f"{emotion}.jsonl").write_bytes(_jsonl(rows))
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
