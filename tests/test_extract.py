@@ -360,3 +360,15 @@ def test_bundled_sample_graph_exercises_every_rule() -> None:
     assert s.skipped.get("untagged", 0) > 0
     assert s.malformed_tags > 0
     assert len(s.emotions) >= 12, s.left_out
+
+
+def test_output_dir_dot_is_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = _write_jsonl(tmp_path / "graph.jsonl", _graph_records())
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["extract", "--graph", str(graph), "--output-dir", ".", *ARGS]) == 0
+    assert json.loads((here / "manifest.json").read_text())["format"] == FORMAT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph.jsonl", "here"]
