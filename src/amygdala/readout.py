@@ -1,0 +1,334 @@
+"""Per-token readout: project each token's residual stream onto every concept vector.
+
+The readout of token *t* at layer *l* is `h_l[t] · vectors[l]ᵀ` — the output of block
+*l* (the same blocks the trainer hooks, `LoadedModel.blocks`) at the position of token
+*t*, dotted with every concept's unit vector, in fp32. Mean pooling is linear, so the
+mean of these per-token values over the positions the trainer pools (real, non-special
+tokens) equals the projection of the trainer's pooled activation: the per-token view and
+the trained vectors describe the same numbers.
+
+z-scores use the manifest's `calibration` (mean and std of the projection of *pooled*
+reference texts): `z = (raw - mean) / std`. A manifest without calibration gives raw
+values only (`z is None`), never an error. Per-token values spread wider than the
+per-text means the calibration was measured on, so per-token |z| runs larger than a
+text's pooled z.
+
+The server (`amygdala.serve`) uses the same `ResidualRecorder` and `Projector`, so a
+streamed token's readout is this module's value for the same token ids.
+
+Example:
+    from amygdala.artifact import load_artifact
+    from amygdala.readout import readout
+    ro = readout("minilm", load_artifact("out/readout.safetensors"), "I miss you.")
+    ro.raw.shape            # [tokens, layers, concepts]
+    ro.top(layer=ro.layers[-1], k=3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from amygdala.capture import block_output, forward_kwargs, tokenize
+from amygdala.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    from amygdala.artifact import Artifact
+    from amygdala.models import LoadedModel
+
+__all__ = ["Calibration", "Projector", "Readout", "ResidualRecorder", "readout", "readout_ids"]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest recorded block when nothing after it is needed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Per layer and concept mean and std of the reference projections (manifest order)."""
+
+    reference: str  # "negatives" or "neutral"
+    mean: Tensor  # [n_layers, n_concepts] fp32
+    std: Tensor  # [n_layers, n_concepts] fp32
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Calibration | None:
+        """The manifest's calibration; None when it has none (an older manifest)."""
+        cal = manifest.get("calibration")
+        if cal is None:
+            return None
+        shape = (len(manifest["layers"]), len(manifest["concepts"]))
+        try:
+            mean = torch.tensor(cal["mean"], dtype=torch.float32)
+            std = torch.tensor(cal["std"], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest 'calibration' needs numeric 'mean' and 'std' lists "
+                                f"({exc}); retrain, or delete 'calibration' for raw values only"
+                                ) from None
+        for name, t in (("mean", mean), ("std", std)):
+            if tuple(t.shape) != shape:
+                raise ArtifactError(f"manifest calibration {name} is {tuple(t.shape)}, expected "
+                                    f"(n_layers, n_concepts) {shape}")
+            if not bool(torch.isfinite(t).all()):
+                raise ArtifactError(f"manifest calibration {name} holds NaN/Inf")
+        return cls(reference=str(cal.get("reference", "")), mean=mean, std=std)
+
+
+class Projector:
+    """Turns recorded block outputs into `[positions, layers, concepts]` fp32 readouts.
+
+    All layers go through one batched matmul, so the cost per forward pass is one
+    `bmm` whatever the number of layers. z uses `1/std`, and a concept whose reference
+    std is 0 gets z = 0 (no spread to measure against).
+    """
+
+    def __init__(self, artifact: Artifact, device: torch.device | str = "cpu") -> None:
+        self.concepts: tuple[str, ...] = tuple(artifact.concepts)
+        self.layers: tuple[int, ...] = tuple(artifact.layers)
+        # [L, H, C]: hidden [L, n, H] @ this -> [L, n, C]
+        self.weight_t = artifact.stacked(torch.float32).transpose(1, 2).contiguous().to(device)
+        self.calibration = Calibration.from_manifest(artifact.manifest)
+        self._mean: Tensor | None = None
+        self._inv_std: Tensor | None = None
+        if self.calibration is not None:
+            std = self.calibration.std
+            self._mean = self.calibration.mean.to(device)
+            self._inv_std = torch.where(std > 0, 1.0 / std.clamp_min(1e-30),
+                                        torch.zeros_like(std)).to(device)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    def project(self, hidden: Sequence[Tensor]) -> Tensor:
+        """`hidden[i]` is `[n, H]` for `self.layers[i]`; returns raw `[n, L, C]` fp32."""
+        stacked = torch.stack([h.to(self.weight_t.device) for h in hidden]).to(torch.float32)
+        return torch.bmm(stacked, self.weight_t).transpose(0, 1)
+
+    def zscore(self, raw: Tensor) -> Tensor | None:
+        """z-scores of `raw` `[..., L, C]`, or None without calibration."""
+        if self._mean is None or self._inv_std is None:
+            return None
+        return (raw - self._mean) * self._inv_std
+
+
+class ResidualRecorder:
+    """Forward hooks that keep the block outputs of one forward pass, per layer.
+
+    Hooks live only inside `record()`; the hooked outputs are kept by reference (no
+    copy, no host sync), and `stop_after_deepest` ends the forward pass after the
+    deepest recorded block when nothing later (logits, cache of later layers) is needed.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, layers: Sequence[int]) -> None:
+        if not layers:
+            raise ConfigError("no layers to record")
+        bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
+        if bad:
+            raise ConfigError(f"artifact layers {bad} do not exist on a model with "
+                              f"{len(blocks)} blocks; was the artifact trained on this model?")
+        self.blocks = blocks
+        self.layers = tuple(layers)
+        self.deepest = max(layers)
+
+    @contextlib.contextmanager
+    def record(self, *, stop_after_deepest: bool = False) -> Iterator[list[Tensor]]:
+        """Yield a list that holds, after the forward pass, one output per layer (in order).
+
+        Example:
+            with recorder.record(stop_after_deepest=True) as outs:
+                model(input_ids=ids)
+            raw = projector.project([o[0] for o in outs])  # batch row 0
+        """
+        found: dict[int, Tensor] = {}
+        outs: list[Tensor] = []
+        handles = []
+
+        def make_hook(index: int) -> Any:
+            def hook(_module: nn.Module, _args: object, output: object) -> None:
+                found[index] = block_output(output)
+                if stop_after_deepest and index == self.deepest:
+                    raise _StopForward
+
+            return hook
+
+        try:
+            for index in sorted(set(self.layers)):
+                handles.append(self.blocks[index].register_forward_hook(make_hook(index)))
+            with contextlib.suppress(_StopForward):
+                yield outs
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [layer for layer in self.layers if layer not in found]
+        if missing:
+            raise RuntimeError(f"layers {missing} produced no output: the forward pass never "
+                               "reached them")
+        outs.extend(found[layer] for layer in self.layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Readout:
+    """Per-token readouts of one text.
+
+    `raw[t, i, c]` is token t's projection at layer `layers[i]` onto `concepts[c]`;
+    `z` is the same shape, or None when the manifest has no calibration. `keep[t]`
+    marks the positions mean pooling uses (real, non-special tokens).
+    """
+
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    keep: tuple[bool, ...]
+    raw: Tensor  # [T, L, C] fp32, cpu
+    z: Tensor | None  # [T, L, C] fp32, cpu
+    concepts: tuple[str, ...]
+    layers: tuple[int, ...]
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        shape = (len(self.token_ids), len(self.layers), len(self.concepts))
+        if tuple(self.raw.shape) != shape:
+            raise ValueError(f"raw {tuple(self.raw.shape)} != (tokens, layers, concepts) {shape}")
+        if self.z is not None and tuple(self.z.shape) != shape:
+            raise ValueError(f"z {tuple(self.z.shape)} != (tokens, layers, concepts) {shape}")
+        if not len(self.tokens) == len(self.keep) == len(self.token_ids):
+            raise ValueError("tokens, token_ids and keep must have one entry per token")
+
+    def layer_index(self, layer: int) -> int:
+        """Position of absolute block index `layer` in `self.layers`."""
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer} is not in the artifact; it has layers "
+                              f"{list(self.layers)}")
+        return self.layers.index(layer)
+
+    def pooled(self, values: Tensor | None = None) -> Tensor:
+        """Mean over the kept positions, `[L, C]` (the trainer's mean-pooled projection)."""
+        values = self.raw if values is None else values
+        keep = torch.tensor(self.keep, dtype=torch.bool)
+        if not bool(keep.any()):
+            return torch.full(values.shape[1:], float("nan"))
+        return values[keep].mean(dim=0)
+
+    def pooled_z(self) -> Tensor | None:
+        """z-scores of the pooled projection (what the calibration was measured on)."""
+        return None if self.z is None else self.pooled(self.z)
+
+    def top(self, layer: int, k: int = 5, *, use_z: bool = True) -> list[tuple[str, float]]:
+        """The text's `k` strongest concepts at `layer` (z when calibrated, else raw)."""
+        values = self.pooled(self.z if use_z and self.z is not None else self.raw)
+        row = values[self.layer_index(layer)]
+        order = torch.argsort(row, descending=True)[:k].tolist()
+        return [(self.concepts[c], float(row[c])) for c in order]
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """One JSON-ready dict per token: `raw[layer][concept]`, and `z` when calibrated."""
+        raw = self.raw.tolist()
+        z = None if self.z is None else self.z.tolist()
+        for t, token in enumerate(self.tokens):
+            rec: dict[str, Any] = {"position": t, "token_id": self.token_ids[t], "token": token,
+                                   "pooled": self.keep[t], "raw": _named(raw[t], self)}
+            if z is not None:
+                rec["z"] = _named(z[t], self)
+            yield rec
+
+
+def _named(values: list[list[float]], ro: Readout) -> dict[str, dict[str, float]]:
+    return {str(layer): dict(zip(ro.concepts, row)) for layer, row in zip(ro.layers, values)}
+
+
+def check_compatible(lm: LoadedModel, artifact: Artifact) -> None:
+    """The artifact must fit this model: same hidden size, layers that exist."""
+    hidden = int(artifact.manifest["hidden_size"])
+    if hidden != lm.hidden_size:
+        raise ConfigError(f"the artifact's vectors have hidden size {hidden}, the model "
+                          f"{lm.model_id!r} has {lm.hidden_size}; load the model the "
+                          f"artifact was trained on ({artifact.manifest.get('model', '?')})")
+    too_deep = [layer for layer in artifact.layers if layer >= lm.n_layers]
+    if too_deep:
+        raise ConfigError(f"artifact layers {too_deep} do not exist on {lm.model_id!r} "
+                          f"({lm.n_layers} blocks); load the model it was trained on")
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
+    """Each token decoded on its own (special tokens shown as such)."""
+    return tuple(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
+                                        clean_up_tokenization_spaces=False))
+
+
+def _as_loaded(model: LoadedModel | str, device: str | None, dtype: str) -> LoadedModel:
+    if isinstance(model, str):
+        from amygdala.models import load_model
+
+        return load_model(model, device=device, dtype=dtype)
+    return model
+
+
+def readout_ids(
+    model: LoadedModel | str,
+    artifact: Artifact,
+    ids: Sequence[int],
+    *,
+    keep: Sequence[bool] | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> Readout:
+    """Per-token readouts of a token id sequence (one forward pass, no cache).
+
+    Args:
+        model: a `LoadedModel`, or a name for `load_model`.
+        artifact: the loaded vectors and manifest.
+        ids: token ids as the model sees them (special tokens included).
+        keep: which positions count as real text for `Readout.pooled`; by default
+            every position whose id is not a special token.
+    """
+    lm = _as_loaded(model, device, dtype)
+    check_compatible(lm, artifact)
+    if not ids:
+        raise ConfigError("nothing to read: the text has no tokens")
+    special = set(getattr(lm.tokenizer, "all_special_ids", ()))
+    keep = [i not in special for i in ids] if keep is None else list(keep)
+    projector = Projector(artifact, lm.device)
+    recorder = ResidualRecorder(lm.blocks, projector.layers)
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=lm.device)
+    mask = torch.ones_like(input_ids)
+    with torch.inference_mode():
+        with recorder.record(stop_after_deepest=True) as outs:
+            lm.model(**forward_kwargs(lm, input_ids, mask))
+        raw = projector.project([o[0] for o in outs])
+        z = projector.zscore(raw)
+    return Readout(tokens=token_strings(lm.tokenizer, ids), token_ids=tuple(int(i) for i in ids),
+                   keep=tuple(bool(k) for k in keep), raw=raw.cpu(),
+                   z=None if z is None else z.cpu(), concepts=projector.concepts,
+                   layers=projector.layers)
+
+
+def readout(
+    model: LoadedModel | str,
+    artifact: Artifact,
+    text: str,
+    *,
+    max_length: int = 2048,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> Readout:
+    """Per-token readouts of `text`, tokenized as the trainer tokenizes it.
+
+    Special tokens (BOS, [CLS] …) are read too but marked `keep=False`, so
+    `Readout.pooled()` averages exactly the positions the trainer's mean pooling does.
+    Texts longer than `max_length` tokens are cut (`Readout.truncated`).
+
+    Example:
+        ro = readout(lm, artifact, "The lights went out.")
+        ro.pooled()  # [L, C]: equals vectors · the trainer's pooled activation
+    """
+    lm = _as_loaded(model, device, dtype)
+    tok = tokenize(lm.tokenizer, [text], max_length=max_length)[0]
+    result = readout_ids(lm, artifact, tok.ids, keep=tok.keep)
+    if tok.truncated:
+        return dataclasses.replace(result, truncated=True)
+    return result

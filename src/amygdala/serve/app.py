@@ -1,0 +1,250 @@
+"""The HTTP layer: a Starlette app around one `Engine`.
+
+Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
+`GET /v1/readout/manifest` (404 without vectors), and an open `GET /health` with the
+engine's counters. Every `/v1` route wants `Authorization: Bearer <key>` when the
+server has a key. Streams are server-sent events (`data: {json}\\n\\n`, then
+`data: [DONE]`); a client that goes away cancels its sequences, which frees their slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from amygdala.errors import ConfigError
+from amygdala.readout import token_strings
+from amygdala.serve.engine import (
+    Engine,
+    ErrorEvent,
+    Event,
+    GenerationRequest,
+    PromptEvent,
+    TokenEvent,
+    is_final,
+)
+from amygdala.serve.protocol import (
+    FALLBACK_CHAT_TEMPLATE,
+    Parsed,
+    RequestError,
+    ResponseBuilder,
+    parse_chat,
+    parse_completion,
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the app serves besides the engine."""
+
+    model_name: str  # the id in /v1/models and in responses
+    manifest: dict[str, Any] | None  # None: readout is off
+    api_key: str | None  # None: open (bind to loopback)
+    chat_template: str | None  # None: the tokenizer's, else a plain fallback
+
+
+async def engine_events(engine: Engine, requests: list[GenerationRequest]
+                        ) -> AsyncIterator[Event]:
+    """The events of `requests`, as they come; leaving early cancels the sequences."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            for handle in handles:
+                handle.cancel()
+
+    handles = []
+    try:
+        for request in requests:
+            handles.append(engine.submit(request, sink))
+        remaining = len(requests)
+        while remaining:
+            event = await inbox.get()
+            remaining -= is_final(event)
+            yield event
+    finally:
+        for handle in handles:
+            handle.cancel()
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response that always closes its generator (so its sequences stop)."""
+
+    def __init__(self, content: AsyncIterator[str]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self._content, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class Api:
+    """Route handlers; state lives here, not in globals."""
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        tok = engine.tokenizer
+        self.template = config.chat_template or (None if getattr(tok, "chat_template", None)
+                                                 else FALLBACK_CHAT_TEMPLATE)
+
+    def token_text(self, ids: Any) -> list[str]:
+        return list(token_strings(self.engine.tokenizer, list(ids)))
+
+    def authorized(self, request: Request) -> bool:
+        key = self.config.api_key
+        if key is None:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                  key.encode())
+
+    def guard(self, handler: Callable[[Request], Awaitable[Response]]
+              ) -> Callable[[Request], Awaitable[Response]]:
+        """Auth first, then the handler; `RequestError`s become OpenAI error bodies."""
+        async def wrapped(request: Request) -> Response:
+            try:
+                if not self.authorized(request):
+                    raise RequestError(401, "missing or wrong API key: send 'Authorization: "
+                                       "Bearer <key>'", code="invalid_api_key")
+                return await handler(request)
+            except RequestError as exc:
+                return JSONResponse(exc.body(), status_code=exc.status)
+
+        return wrapped
+
+    async def health(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok", **self.engine.snapshot()})
+
+    async def models(self, _request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.config.model_name, "object": "model", "created": int(time.time()),
+            "owned_by": "amygdala", "readout": self.config.manifest is not None}]})
+
+    async def manifest(self, _request: Request) -> Response:
+        if self.config.manifest is None:
+            raise RequestError(404, "readout is off: this server was started without "
+                               "--vectors", code="readout_off")
+        return JSONResponse(self.config.manifest)
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        parsed = parse_completion(body, self.engine.tokenizer, with_readout=self._readout_on)
+        return await self._answer(parsed)
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        room = self.engine.max_positions
+        parsed = parse_chat(body, self.engine.tokenizer, self.template,
+                            with_readout=self._readout_on, default_max=room)
+        return await self._answer(parsed)
+
+    @property
+    def _readout_on(self) -> bool:
+        return self.engine.projector is not None
+
+    async def _body(self, request: Request) -> Any:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "the request body is not valid JSON") from None
+        model = body.get("model") if isinstance(body, dict) else None
+        if model not in (None, "", self.config.model_name):
+            raise RequestError(404, f"model {model!r} is not served here; this server serves "
+                               f"{self.config.model_name!r}", "model", "model_not_found")
+        return body
+
+    async def _answer(self, parsed: Parsed) -> Response:
+        try:
+            self.engine.check_prompt(parsed.prompt_ids)
+        except ConfigError as exc:
+            raise RequestError(400, str(exc), "prompt") from None
+        builder = ResponseBuilder(parsed, self.config.model_name, self.token_text)
+        if parsed.stream:
+            return _EventStream(self._stream(parsed, builder))
+        tokens: dict[int, list[TokenEvent]] = {}
+        prompts: dict[int, PromptEvent] = {}
+        async for event in engine_events(self.engine, parsed.requests()):
+            if isinstance(event, ErrorEvent):
+                raise RequestError(500, f"generation failed: {event.message}")
+            if isinstance(event, PromptEvent):
+                prompts[event.index] = event
+            else:
+                tokens.setdefault(event.index, []).append(event)
+        return JSONResponse(builder.final(tokens, prompts))
+
+    async def _stream(self, parsed: Parsed, builder: ResponseBuilder) -> AsyncIterator[str]:
+        started: set[int] = set()
+        count = 0
+        if parsed.kind == "chat" and not parsed.readout_prompt:
+            for index in range(parsed.n):
+                started.add(index)
+                yield _sse(builder.role_chunk(index, None))
+        async for event in engine_events(self.engine, parsed.requests()):
+            if isinstance(event, ErrorEvent):
+                yield _sse(RequestError(500, f"generation failed: {event.message}").body())
+                continue
+            if event.index not in started and (parsed.kind == "chat"
+                                               or isinstance(event, PromptEvent)):
+                started.add(event.index)
+                prompt = event if isinstance(event, PromptEvent) else None
+                yield _sse(builder.role_chunk(event.index, prompt))
+            if isinstance(event, TokenEvent):
+                count += 1
+                yield _sse(builder.token_chunk(event))
+        if parsed.include_usage:
+            yield _sse(builder.usage_chunk(count))
+        yield "data: [DONE]\n\n"
+
+
+def create_app(engine: Engine, config: ServerConfig) -> Starlette:
+    """The ASGI app; the engine's worker runs while the app does.
+
+    Example:
+        app = create_app(Engine(lm, artifact), ServerConfig("m", artifact.manifest, None, None))
+        uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    api = Api(engine, config)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.close)
+
+    routes = [
+        Route("/health", api.health, methods=["GET"]),
+        Route("/v1/models", api.guard(api.models), methods=["GET"]),
+        Route("/v1/readout/manifest", api.guard(api.manifest), methods=["GET"]),
+        Route("/v1/completions", api.guard(api.completions), methods=["POST"]),
+        Route("/v1/chat/completions", api.guard(api.chat), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,478 @@
+"""The model worker: KV-cache decoding with per-token readouts, one sequence at a time.
+
+One thread owns the model. Requests queue up; up to `max_concurrency` sequences are
+active and the worker steps them round-robin, one forward pass each, so concurrent
+clients advance together. Every forward pass records its own block outputs inside its
+own hook context (`ResidualRecorder.record`), so readouts of different sequences can
+never mix. A cancelled sequence (client gone) is dropped before its next step and its
+KV cache freed; a waiting request then takes the slot.
+
+**Which residual a token's readout is.** The readout of a generated token is the
+residual stream at *that token's position*: the output of each hooked block computed
+when the token is fed back in as input (the forward pass that also yields the next
+token's logits). The last token of a sequence is fed through one extra forward pass
+that stops after the deepest hooked block. So a token is emitted one step after it is
+sampled, and its readout equals `amygdala.readout.readout_ids(prompt_ids + generated)`
+at the same position — the offline readout of the same text. Prompt readouts (on
+request) come from the prefill pass, position by position.
+
+Example:
+    engine = Engine(lm, artifact)
+    engine.start()
+    for event in engine.generate(GenerationRequest(prompt_ids=(1, 5, 9))):
+        print(event.token_id, event.raw)  # raw: [n_layers][n_concepts]
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from amygdala.errors import ConfigError
+from amygdala.readout import Projector, ResidualRecorder, check_compatible
+
+if TYPE_CHECKING:
+    from amygdala.artifact import Artifact
+    from amygdala.models import LoadedModel
+
+log = logging.getLogger("amygdala.serve")
+
+FinishReason = Literal["stop", "length"]
+_PREFIX_WINDOW = 6  # prompt tokens kept for detokenizing the first generated tokens
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; validated when built."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # generation ends before the first occurrence of any
+    seed: int | None = None  # by default a fresh random seed per sequence
+    ignore_eos: bool = False  # keep going past the end-of-sequence token
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0 <= self.temperature <= 100:
+            raise ConfigError(f"temperature must be in 0..100, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must be non-empty")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate; a request with `n` choices submits `n` of these."""
+
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+    readout: bool = True  # per-token readouts (only when the engine has vectors)
+    readout_prompt: bool = False  # also the prompt tokens' readouts
+    index: int = 0  # the choice index this sequence answers
+
+
+@dataclass(frozen=True)
+class PromptEvent:
+    """Readouts of the prompt tokens (from the prefill pass), sent before any token."""
+
+    index: int
+    token_ids: tuple[int, ...]
+    raw: list[Any]  # [n_prompt][n_layers][n_concepts]
+    z: list[Any] | None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, its text delta, and its readout at its own position."""
+
+    index: int
+    token_id: int
+    text: str  # new text (stop strings cut, incomplete characters held back)
+    raw: list[list[float]] | None  # [n_layers][n_concepts]
+    z: list[list[float]] | None
+    finish_reason: FinishReason | None = None  # set on the sequence's last token
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The sequence failed; nothing more follows for it."""
+
+    index: int
+    message: str
+
+
+Event = PromptEvent | TokenEvent | ErrorEvent
+
+
+def is_final(event: Event) -> bool:
+    """Whether `event` is the last one of its sequence."""
+    return isinstance(event, ErrorEvent) or (
+        isinstance(event, TokenEvent) and event.finish_reason is not None)
+
+
+def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """Greedy at temperature 0; else nucleus sampling from softmax(logits / T)."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_p, order = torch.sort(probs, descending=True)
+        outside = torch.cumsum(sorted_p, dim=-1) - sorted_p >= params.top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Detokenizer:
+    """Incremental text of generated ids, with stop strings.
+
+    Decodes a short window of ids so a token's leading space survives, holds back a
+    trailing incomplete character (`\\ufffd`) and any tail that could still become a
+    stop string, and cuts the text before the first stop string.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-_PREFIX_WINDOW:])
+        self.prefix, self.read = 0, len(self.ids)
+        self.stop = tuple(stop)
+        self.text = ""  # decoded generated text so far
+        self.emitted = 0  # characters of `text` handed out
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True,
+                                         clean_up_tokenization_spaces=False))
+
+    def add(self, token_id: int) -> tuple[str, bool]:
+        """Feed one id; returns `(text to emit now, a stop string was reached)`."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            delta = self.text[self.emitted:cut]
+            self.emitted = cut
+            return delta, True
+        safe = len(self.text) - self._held_back()
+        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return delta, False
+
+    def _held_back(self) -> int:
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(s[:k]):
+                    hold = k
+                    break
+        return hold
+
+    def flush(self) -> str:
+        """Everything not yet emitted (the sequence ended for another reason)."""
+        rest = self._decode(self.ids[self.prefix:])[len(self._decode(self.ids[self.prefix:self.read])):]
+        self.text += rest
+        delta, self.emitted = self.text[self.emitted:], len(self.text)
+        return delta
+
+
+@dataclass
+class _Pending:
+    """A sampled token not yet emitted (it is emitted once its readout exists)."""
+
+    token_id: int
+    text: str
+    finish: FinishReason | None
+
+
+@dataclass
+class _Sequence:
+    engine: Engine
+    request: GenerationRequest
+    sink: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cache: Any = None
+    started: bool = False
+    generated: int = 0
+    pending: _Pending | None = None
+    detok: Detokenizer | None = None
+    generator: torch.Generator | None = None
+
+    def step(self) -> bool:
+        """Run one forward pass and emit what it completes; True when the sequence is done."""
+        engine, req = self.engine, self.request
+        read = req.readout and engine.projector is not None
+        if not self.started:
+            self.started = True
+            self.detok = Detokenizer(engine.tokenizer, req.prompt_ids, req.params.stop)
+            seed = req.params.seed if req.params.seed is not None else secrets.randbits(62)
+            self.generator = torch.Generator(device=engine.device).manual_seed(seed + req.index)
+            logits, raw = engine.forward(self, list(req.prompt_ids), record=read and req.readout_prompt,
+                                         need_logits=True)
+            if raw is not None:
+                self.sink(engine.prompt_event(req, raw))
+            return self._sample(logits, read)
+        pending = self.pending
+        assert pending is not None  # invariant: a started, unfinished sequence has one
+        logits, raw = engine.forward(self, [pending.token_id], record=read,
+                                     need_logits=pending.finish is None)
+        if read:
+            self.sink(engine.token_event(req.index, pending, raw))
+        if pending.finish is not None:
+            return True
+        return self._sample(logits, read)
+
+    def _sample(self, logits: Tensor | None, read: bool) -> bool:
+        assert logits is not None and self.detok is not None and self.generator is not None
+        req, engine = self.request, self.engine
+        token = sample(logits, req.params, self.generator)
+        self.generated += 1
+        text, stopped = self.detok.add(token)
+        finish: FinishReason | None = None
+        if stopped or (token in engine.eos_ids and not req.params.ignore_eos):
+            finish = "stop"
+        elif (self.generated >= req.params.max_tokens
+              or len(req.prompt_ids) + self.generated >= engine.max_positions):
+            finish = "length"
+        if finish is not None and not stopped:
+            text += self.detok.flush()
+        self.pending = _Pending(token, text, finish)
+        if read:
+            return False  # emitted after the next forward pass, with its readout
+        self.sink(engine.token_event(req.index, self.pending, None))
+        return finish is not None
+
+
+@dataclass
+class EngineStats:
+    """Counters only the worker thread updates (read by /health)."""
+
+    active: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    tokens: int = 0
+
+
+class Handle:
+    """Cancel a submitted sequence; idempotent, safe from any thread."""
+
+    def __init__(self, seq: _Sequence) -> None:
+        self._seq = seq
+
+    def cancel(self) -> None:
+        self._seq.cancelled.set()
+
+
+class Engine:
+    """Owns the model and decodes submitted sequences on one worker thread."""
+
+    def __init__(self, lm: LoadedModel, artifact: Artifact | None = None, *,
+                 max_concurrency: int = 4) -> None:
+        if lm.kind != "decoder":
+            raise ConfigError(f"{lm.model_id!r} is an encoder; serving needs a decoder LM "
+                              "(a model loaded with AutoModelForCausalLM)")
+        if max_concurrency < 1:
+            raise ConfigError("--max-concurrency must be at least 1")
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        self.device = lm.device
+        self.max_concurrency = max_concurrency
+        self.projector: Projector | None = None
+        self.recorder: ResidualRecorder | None = None
+        if artifact is not None:
+            check_compatible(lm, artifact)
+            self.projector = Projector(artifact, lm.device)
+            self.recorder = ResidualRecorder(lm.blocks, self.projector.layers)
+        self.eos_ids = _eos_ids(lm)
+        self.max_positions = _max_positions(lm.model.config)
+        self._logits_to_keep = "logits_to_keep" in lm.forward_params
+        self.stats = EngineStats()
+        self._inbox: queue.Queue[_Sequence | None] = queue.Queue()
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._thread: threading.Thread | None = None
+
+    # ---- called from other threads -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="amygdala-engine",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the worker after the sequences it holds are dropped."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> Handle:
+        """Queue a sequence; `sink` receives its events on the worker thread."""
+        self.check_prompt(request.prompt_ids)
+        seq = _Sequence(self, request, sink)
+        self._inbox.put(seq)
+        return Handle(seq)
+
+    def generate(self, request: GenerationRequest) -> Iterator[Event]:
+        """Submit and yield the sequence's events here (for scripts and benchmarks)."""
+        events: queue.Queue[Event] = queue.Queue()
+        handle = self.submit(request, events.put)
+        try:
+            while True:
+                event = events.get()
+                yield event
+                if is_final(event):
+                    return
+        finally:
+            handle.cancel()
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters plus the number of sequences waiting for a slot."""
+        waiting = self._inbox.qsize() + len(self._waiting)
+        return {**self.stats.__dict__, "waiting": waiting}
+
+    def check_prompt(self, ids: Sequence[int]) -> None:
+        """Reject prompts the model cannot take (empty, too long, ids out of the vocabulary)."""
+        if not ids:
+            raise ConfigError("the prompt is empty (no tokens)")
+        if len(ids) >= self.max_positions:
+            raise ConfigError(f"the prompt has {len(ids)} tokens; this model takes at most "
+                              f"{self.max_positions} positions, so nothing can be generated")
+        vocab = int(getattr(self.lm.model.config, "vocab_size", 0) or 0)
+        if vocab and any(not 0 <= i < vocab for i in ids):
+            raise ConfigError(f"prompt token ids must be in 0..{vocab - 1}")
+
+    # ---- worker thread ---------------------------------------------------------------
+
+    def forward(self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
+                ) -> tuple[Tensor | None, Tensor | None]:
+        """One forward pass of `ids` on `seq`'s cache: (last logits, readout [n, L, C])."""
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
+            "past_key_values": seq.cache, "use_cache": True}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        raw = None
+        with torch.inference_mode():
+            if record:
+                assert self.recorder is not None and self.projector is not None
+                with self.recorder.record(stop_after_deepest=not need_logits) as outs:
+                    out = self.lm.model(**kwargs)
+                raw = self.projector.project([o[0] for o in outs])
+            elif need_logits:
+                out = self.lm.model(**kwargs)
+            if not need_logits:
+                return None, raw
+            seq.cache = out.past_key_values
+            return out.logits[0, -1].float(), raw
+
+    def prompt_event(self, req: GenerationRequest, raw: Tensor) -> PromptEvent:
+        assert self.projector is not None
+        z = self.projector.zscore(raw)
+        return PromptEvent(req.index, req.prompt_ids, raw.cpu().tolist(),
+                           None if z is None else z.cpu().tolist())
+
+    def token_event(self, index: int, pending: _Pending, raw: Tensor | None) -> TokenEvent:
+        self.stats.tokens += 1
+        if raw is None:
+            return TokenEvent(index, pending.token_id, pending.text, None, None, pending.finish)
+        assert self.projector is not None
+        row = raw[-1]
+        z = self.projector.zscore(row)
+        return TokenEvent(index, pending.token_id, pending.text, row.cpu().tolist(),
+                          None if z is None else z.cpu().tolist(), pending.finish)
+
+    def _run(self) -> None:
+        closing = False
+        while not (closing and not self._active):
+            closing = self._admit(block=not self._active) or closing
+            if closing:
+                for seq in self._waiting:
+                    seq.cancelled.set()
+            for seq in list(self._active):
+                self._step(seq, closing)
+        self.stats.active = 0
+
+    def _admit(self, *, block: bool) -> bool:
+        """Move queued sequences in; returns True once close() was asked for."""
+        closing = False
+        with contextlib.suppress(queue.Empty):
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is None:
+                    closing = True
+                else:
+                    self._waiting.append(item)
+                item = self._inbox.get_nowait()
+        while self._waiting and len(self._active) < self.max_concurrency:
+            seq = self._waiting.popleft()
+            if seq.cancelled.is_set():
+                self.stats.cancelled += 1
+                continue
+            self._active.append(seq)
+        self.stats.active = len(self._active)
+        return closing
+
+    def _step(self, seq: _Sequence, closing: bool) -> None:
+        done = False
+        if seq.cancelled.is_set() or closing:
+            if closing:
+                seq.sink(ErrorEvent(seq.request.index, "the server is shutting down"))
+            self.stats.cancelled += 1
+            done = True
+        else:
+            try:
+                if seq.step():
+                    self.stats.completed += 1
+                    done = True
+            except Exception as exc:  # one failing sequence must not stop the others
+                log.exception("sequence failed")
+                seq.sink(ErrorEvent(seq.request.index, f"{type(exc).__name__}: {exc}"))
+                self.stats.failed += 1
+                done = True
+        if done:
+            seq.cache = None  # free the KV cache now, not when the client lets go
+            self._active.remove(seq)
+            self.stats.active = len(self._active)
+
+
+def _eos_ids(lm: LoadedModel) -> frozenset[int]:
+    """End-of-sequence ids from the generation config and the tokenizer (in the vocabulary)."""
+    ids: set[int] = set()
+    gen = getattr(lm.model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), getattr(lm.tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    vocab = int(getattr(lm.model.config, "vocab_size", 0) or 0)
+    return frozenset(i for i in ids if not vocab or 0 <= i < vocab)
+
+
+def _max_positions(config: Any) -> int:
+    """The longest sequence the model takes (a very large number when it does not say)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                return value
+    return 1 << 30

@@ -1,0 +1,270 @@
+"""OpenAI wire format: parse request bodies, build responses and stream chunks.
+
+Readout fields ride along in each choice, beside the usual OpenAI fields:
+
+* streamed chunk: `choices[i].token_id`, `choices[i].token` (that token's own text),
+  `choices[i].readout` `[n_layers][n_concepts]` raw dot products in manifest order, and
+  `choices[i].readout_z` when the manifest has calibration;
+* non-streamed choice: `token_ids`, `tokens`, `readout` `[n_tokens][n_layers][n_concepts]`
+  and `readout_z`, one entry per generated token;
+* `"readout_prompt": true` in the request adds `choices[i].prompt_readout`
+  (`token_ids`, `tokens`, `readout`, `readout_z`) — in the first chunk of a stream;
+* `"readout": false` turns readouts off for a request.
+
+`text` / `delta.content` follow OpenAI: stop strings are cut and held-back partial
+characters appear in a later chunk, so a chunk's `text` may differ from its `token`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from amygdala.errors import ConfigError
+from amygdala.serve.engine import GenerationRequest, PromptEvent, SamplingParams, TokenEvent
+
+Kind = Literal["completion", "chat"]
+MAX_N = 8
+
+# The template used when the tokenizer has none and no --chat-template was given.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+# Parameters whose non-default values we cannot honour: rejected, not ignored.
+_UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+                "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
+                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+                "tools": (None, []), "response_format": (None, {"type": "text"})}
+
+
+class RequestError(ValueError):
+    """A request the server answers with an OpenAI-style error (status, message, param)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(
+            self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A validated request: what the engine needs plus how to answer."""
+
+    kind: Kind
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+    readout: bool
+    readout_prompt: bool
+
+    def requests(self) -> list[GenerationRequest]:
+        return [GenerationRequest(self.prompt_ids, self.params, self.readout, self.readout_prompt,
+                                  index=i) for i in range(self.n)]
+
+
+def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise RequestError(400, f"'{name}' must be {_type_name(types)}, got a boolean", name)
+    if not isinstance(value, types):
+        raise RequestError(400, f"'{name}' must be {_type_name(types)}, got "
+                           f"{type(value).__name__}", name)
+    return value
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+    return " or ".join({"int": "an integer", "float": "a number", "str": "a string",
+                        "bool": "a boolean", "list": "a list"}.get(n, n) for n in names)
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    for name, defaults in _UNSUPPORTED.items():
+        if name in body and body[name] not in defaults:
+            raise RequestError(400, f"'{name}' is not supported by amygdala serve", name)
+
+
+def _sampling(body: dict[str, Any], default_max: int) -> SamplingParams:
+    stop = body.get("stop")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if not all(isinstance(s, str) for s in stops):
+        raise RequestError(400, "'stop' must be a string or a list of strings", "stop")
+    max_tokens = _get(body, "max_tokens", int, None)
+    if max_tokens is None:
+        max_tokens = _get(body, "max_completion_tokens", int, default_max)
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=float(_get(body, "temperature", (int, float), 1.0)),
+            top_p=float(_get(body, "top_p", (int, float), 1.0)),
+            stop=stops, seed=_get(body, "seed", int, None),
+            ignore_eos=_get(body, "ignore_eos", bool, False))
+    except ConfigError as exc:
+        raise RequestError(400, str(exc)) from None
+
+
+def _common(kind: Kind, body: dict[str, Any], ids: list[int], default_max: int,
+            with_readout: bool) -> Parsed:
+    _check_unsupported(body)
+    n = _get(body, "n", int, 1)
+    if not 1 <= n <= MAX_N:
+        raise RequestError(400, f"'n' must be in 1..{MAX_N}", "n")
+    options = _get(body, "stream_options", dict, {})
+    return Parsed(kind=kind, prompt_ids=tuple(ids), params=_sampling(body, default_max), n=n,
+                  stream=_get(body, "stream", bool, False),
+                  include_usage=bool(options.get("include_usage", False)),
+                  readout=with_readout and _get(body, "readout", bool, True),
+                  readout_prompt=with_readout and _get(body, "readout_prompt", bool, False))
+
+
+def parse_completion(body: Any, tokenizer: Any, *, with_readout: bool) -> Parsed:
+    """`POST /v1/completions`: `prompt` is a string, a list of token ids, or a list of one."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    elif isinstance(prompt, list) and prompt and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+        ids = list(prompt)
+    else:
+        raise RequestError(400, "'prompt' must be a string or a list of token ids (one prompt "
+                           "per request)", "prompt")
+    return _common("completion", body, ids, 16, with_readout)
+
+
+def parse_chat(body: Any, tokenizer: Any, template: str | None, *, with_readout: bool,
+               default_max: int) -> Parsed:
+    """`POST /v1/chat/completions`: messages through the chat template."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list", "messages")
+    clean = [_message(m, i) for i, m in enumerate(messages)]
+    try:
+        text = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True,
+                                             chat_template=template)
+    except Exception as exc:  # jinja errors of a user template come in many types
+        raise RequestError(400, f"the chat template failed on these messages: {exc}",
+                           "messages") from None
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _common("chat", body, ids, default_max, with_readout)
+
+
+def _message(m: Any, i: int) -> dict[str, str]:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise RequestError(400, f"messages[{i}] must be an object with a 'role'", "messages")
+    content = m.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": …}, …]
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        if not all(isinstance(p, str) for p in parts) or len(parts) != len(content):
+            raise RequestError(400, f"messages[{i}].content: only text parts are supported",
+                               "messages")
+        content = "".join(parts)  # type: ignore[arg-type]
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise RequestError(400, f"messages[{i}].content must be a string", "messages")
+    return {"role": m["role"], "content": content}
+
+
+class ResponseBuilder:
+    """Builds chunks and the final object of one request, in the OpenAI shapes."""
+
+    def __init__(self, parsed: Parsed, model: str, token_text: Any) -> None:
+        self.parsed = parsed
+        self.model = model
+        self.token_text = token_text  # ids -> list of per-token strings
+        prefix = "chatcmpl" if parsed.kind == "chat" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.object = "chat.completion" if parsed.kind == "chat" else "text_completion"
+
+    def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
+        obj = self.object + (".chunk" if chunk and self.parsed.kind == "chat" else "")
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def _text_field(self, text: str, first: bool) -> dict[str, Any]:
+        if self.parsed.kind == "completion":
+            return {"text": text, "logprobs": None}
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if text or not first:
+            delta["content"] = text
+        return {"delta": delta, "logprobs": None}
+
+    def prompt_readout(self, event: PromptEvent) -> dict[str, Any]:
+        out = {"token_ids": list(event.token_ids), "tokens": self.token_text(event.token_ids),
+               "readout": event.raw}
+        if event.z is not None:
+            out["readout_z"] = event.z
+        return out
+
+    def role_chunk(self, index: int, prompt: PromptEvent | None) -> dict[str, Any]:
+        """The first chunk of a choice: chat role, and prompt readouts when asked for."""
+        choice = {"index": index, **self._text_field("", True), "finish_reason": None}
+        if prompt is not None:
+            choice["prompt_readout"] = self.prompt_readout(prompt)
+        return self._envelope([choice], True)
+
+    def token_chunk(self, event: TokenEvent) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": event.index, **self._text_field(event.text, False),
+                                  "finish_reason": event.finish_reason,
+                                  "token_id": event.token_id,
+                                  "token": self.token_text([event.token_id])[0]}
+        if event.raw is not None:
+            choice["readout"] = event.raw
+        if event.z is not None:
+            choice["readout_z"] = event.z
+        return self._envelope([choice], True)
+
+    def usage(self, completion_tokens: int) -> dict[str, int]:
+        prompt = len(self.parsed.prompt_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens}
+
+    def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:
+        return {**self._envelope([], True), "usage": self.usage(completion_tokens)}
+
+    def final(self, tokens: dict[int, list[TokenEvent]],
+              prompts: dict[int, PromptEvent]) -> dict[str, Any]:
+        """The non-streamed response: every choice with its per-token readouts."""
+        choices = []
+        for index in range(self.parsed.n):
+            events = tokens.get(index, [])
+            text = "".join(e.text for e in events)
+            ids = [e.token_id for e in events]
+            choice: dict[str, Any] = {"index": index}
+            if self.parsed.kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choice.update({"logprobs": None,
+                           "finish_reason": events[-1].finish_reason if events else "length",
+                           "token_ids": ids, "tokens": self.token_text(ids)})
+            if events and events[0].raw is not None:
+                choice["readout"] = [e.raw for e in events]
+            if events and events[0].z is not None:
+                choice["readout_z"] = [e.z for e in events]
+            if index in prompts:
+                choice["prompt_readout"] = self.prompt_readout(prompts[index])
+            choices.append(choice)
+        total = sum(len(v) for v in tokens.values())
+        return {**self._envelope(choices, False), "usage": self.usage(total)}
