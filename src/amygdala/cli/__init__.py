@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "run": "run",
     "validate": "validate",
+    "memory-server": "memory_server",
     "readout": "readout",
     "serve": "serve",
     "watch": "watch",

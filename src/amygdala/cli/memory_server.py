@@ -1,0 +1,82 @@
+"""`amygdala memory-server`: serve a graph file as a read-only memory MCP server."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "serve a memory graph file over MCP (streamable HTTP), read-only"
+DESCRIPTION = """\
+Serve a memory graph file (JSONL export, or a JSON array) as an MCP server over
+streamable HTTP, with the tools a memory deployment offers: memory_query (pipeline
+queries such as 'all | type:episodic | sort:timestamp:desc | limit:10'), memory_render
+(one node's raw content by key), journal_tail and memory_search. It is read-only: there
+are no write tools, and the file is read once at start.
+
+Usage:
+  amygdala memory-server --graph graph.jsonl --port 7777
+  amygdala extract --memory-mcp-url http://localhost:7777 --output-dir training-data/
+
+By default it listens on 127.0.0.1 only; pass --host 0.0.0.0 to expose it. When the
+environment variable AMYGDALA_MEMORY_TOKEN (or the one --token-env names) is set, every
+request needs `Authorization: Bearer <token>`; the token is never printed. Once ready it
+prints one line with the endpoint URL; stop it with Ctrl-C.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from amygdala.graph.server import DEFAULT_PATH, DEFAULT_TOKEN_ENV
+
+    parser.add_argument(
+        "--graph",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the graph file to serve: JSONL, one node per line, or a JSON array",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; default 127.0.0.1 (this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=7777, help="port to listen on; 0 picks a free one; default 7777"
+    )
+    parser.add_argument(
+        "--path", default=DEFAULT_PATH, help=f"the MCP endpoint path; default {DEFAULT_PATH}"
+    )
+    parser.add_argument(
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        metavar="NAME",
+        help="environment variable holding the bearer token; when it is set, requests "
+        f"without that token get 401; default {DEFAULT_TOKEN_ENV}",
+    )
+    parser.add_argument(
+        "--render-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="testing aid: make each memory_render wait this long (used by the fault "
+        "tests to stop a server mid-extraction); default 0",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from amygdala.errors import ConfigError
+    from amygdala.graph.server import ServeConfig, serve
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0…65535, got {args.port}")
+    if args.render_delay < 0:
+        raise ConfigError(f"--render-delay must be >= 0, got {args.render_delay}")
+    config = ServeConfig(
+        graph=args.graph,
+        host=args.host,
+        port=args.port,
+        path=args.path,
+        token_env=args.token_env,
+        render_delay=args.render_delay,
+    )
+    serve(config)
+    return 0
