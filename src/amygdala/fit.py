@@ -352,7 +352,7 @@ def require_rows(stats: ConceptStats, method: str) -> RowPasses:
     return stats.rows
 
 
-def pca(stats: ConceptStats, *, rank: int = 3, max_passes: int = 60, tol: float = 1e-7
+def pca(stats: ConceptStats, *, rank: int = 3, max_passes: int = 100, tol: float = 1e-12
         ) -> Tensor:
     """First principal component of the matched differences `x_i - μ₋` over a concept's
     positives (uncentered), signed to agree with the difference of means.
@@ -404,13 +404,12 @@ def _matched_product(rows: RowPasses, basis: Tensor, neg_mean: Tensor) -> Tensor
 
 
 def _rayleigh_ritz(basis: Tensor, product: Tensor) -> Tensor:
-    """Orthonormal basis of `M·V`, rotated so column 0 is the top Ritz vector."""
-    q, _ = torch.linalg.qr(product)
-    # Ritz values from the small projected matrix Qᵀ M Q ≈ (Qᵀ MV)(Vᵀ Q)
-    small = q.transpose(-1, -2) @ product @ (basis.transpose(-1, -2) @ q)
-    small = (small + small.transpose(-1, -2)) / 2
-    _, vecs = torch.linalg.eigh(small)
-    return q @ vecs.flip(-1)
+    """Next orthonormal basis: `M·V` rotated by the Ritz vectors of `Vᵀ M V` (largest first),
+    so column 0 is one power step from the current best estimate of the top eigenvector."""
+    small = basis.transpose(-1, -2) @ product
+    _, vecs = torch.linalg.eigh((small + small.transpose(-1, -2)) / 2)
+    q, r = torch.linalg.qr(product @ vecs.flip(-1))
+    return q * torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)[..., None, :]
 
 
 def probe(stats: ConceptStats, *, l2: float = 1e-3, max_iter: int = 200) -> Tensor:
