@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "readout": "readout",
     "serve": "serve",
     "watch": "watch",
+    "report": "report",
 }
 
 
