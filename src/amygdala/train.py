@@ -11,7 +11,7 @@ import contextlib
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,16 @@ from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
 from amygdala.corpus import NEGATIVE, Corpus, load_corpus, read_paragraphs
 from amygdala.distributed import init_distributed
 from amygdala.errors import CaptureError, ConfigError, CorpusError
-from amygdala.fit import ConceptStats, get_method
+from amygdala.evaluate import evaluate, quality_info
+from amygdala.fit import (
+    DEFAULT_METHOD,
+    ConceptStats,
+    Moments,
+    get_method,
+    method_needs,
+    neutral_basis,
+    project_out,
+)
 from amygdala.layers import DEFAULT_LAYERS, parse_layers
 from amygdala.models import LoadedModel, load_model, resolve_model_name
 from amygdala.store import ActivationStore, default_cache_dir, model_identity, text_hash, warn
@@ -40,7 +49,7 @@ class TrainConfig:
     manifest: Path | None = None  # by default the output path with .json
     target_layers: str = DEFAULT_LAYERS  # absolute, negative, fractions, or `all`
     pooling: Pooling = "mean"
-    method: str = "mean_diff"
+    method: str = DEFAULT_METHOD  # see amygdala.fit.FIT_METHODS and bench/bench_methods.py
     dtype: str = "auto"  # model compute dtype: bf16 on CUDA, fp32 elsewhere
     vectors_dtype: str = "float16"  # storage dtype of the vectors
     batch_size: int = 16
@@ -58,6 +67,9 @@ class TrainConfig:
     device_map: str | None = None  # e.g. `auto`: spread a large model over GPUs (accelerate)
     neutral: Path | None = None  # neutral text (.txt paragraphs or a folder of .txt): the
     #                              calibration reference instead of each concept's negatives
+    neutral_share: float = 0.0  # > 0: project out the neutral text's top principal
+    #                             components explaining this share of its variance
+    report_dir: Path | None = None  # also write quality.json + report.html here
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -73,6 +85,12 @@ class TrainConfig:
         if self.padding_side not in (None, "left", "right"):
             raise ConfigError("--padding-side must be left or right")
         get_method(self.method)
+        if not 0.0 <= self.neutral_share < 1.0:
+            raise ConfigError(f"--neutral-share {self.neutral_share}: pass a share of variance "
+                              "in [0, 1); 0 turns denoising off")
+        if self.neutral_share and self.neutral is None:
+            raise ConfigError("--neutral-share needs --neutral PATH (the neutral text whose "
+                              "principal components are projected out)")
 
     @property
     def manifest_path(self) -> Path:
@@ -175,12 +193,33 @@ def capture_missing(lm: LoadedModel, texts: Sequence[str], acts: Activations,
 
 
 def accumulate(acts: Activations, labels: np.ndarray, rows: Sequence[int], n_layers: int,
-               hidden: int) -> ConceptStats:
-    """Pass 1: per-concept running sums over `rows` (labels `[n_texts, n_concepts]`)."""
-    stats = ConceptStats.zeros(n_layers, labels.shape[1], hidden)
+               hidden: int, method: str = DEFAULT_METHOD) -> ConceptStats:
+    """Pass 1: per-concept running sums over `rows` (labels `[n_texts, n_concepts]`), with
+    the accumulators `method` needs; methods that make their own passes get `stats.rows`."""
+    stats = ConceptStats.zeros(n_layers, labels.shape[1], hidden, needs=method_needs(method))
     for index, batch in acts.iter(rows):
         stats.update(torch.from_numpy(labels[index]), batch)
+    if "rows" in method_needs(method):
+        def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for index, batch in acts.iter(rows):
+                yield torch.from_numpy(labels[index]), batch
+
+        stats.rows = passes
     return stats
+
+
+def denoise(vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share: float,
+            dist: Any) -> tuple[torch.Tensor, list[int]]:
+    """Project the neutral texts' top principal components (`share` of their variance) out
+    of every vector; returns the vectors and the number of components per layer."""
+    n_layers, _, hidden = vectors.shape
+    moments = Moments.zeros(n_layers, hidden)
+    for _, batch in acts.iter(rows):
+        moments.update(batch)
+    for tensor in moments.tensors():
+        dist.sum_(tensor)
+    basis = neutral_basis(moments, share)
+    return project_out(vectors, basis), [b.shape[1] for b in basis]
 
 
 def calibration_sums(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
@@ -277,6 +316,10 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     corpus, skipped = select_concepts(load_corpus(config.training_data_dir), config.min_examples)
     neutral = load_neutral(config.neutral) if config.neutral else []
     dist, device = init_distributed(config.device)
+    if dist.active and ("rows" in method_needs(config.method) or config.report_dir):
+        raise ConfigError(f"--method {config.method} / --report read every stored activation "
+                          "in one process; run them without torchrun (amygdala report can "
+                          "follow a torchrun job, on the same --cache-dir)")
     if lm is None:
         lm = load_model(config.model, device=device, dtype=config.dtype,
                         revision=config.revision, blocks_path=config.blocks_path,
@@ -292,8 +335,8 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
         acts = Activations(store, [text_hash(t) for t in texts])
         cstats = capture_missing(lm, texts, acts, layers, config, [r for r in needed if r in mine])
         stats = accumulate(acts, corpus.train, [r for r in train_rows if r in mine], len(layers),
-                           lm.hidden_size)
-        for tensor in (stats.pos_sum, stats.neg_sum, stats.pos_count, stats.neg_count):
+                           lm.hidden_size, config.method)
+        for tensor in stats.tensors():
             dist.sum_(tensor)
         nonfinite = int(dist.sum_array(np.array([len(acts.nonfinite)]))[0])
         if nonfinite >= len(train_rows):
@@ -301,17 +344,31 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
                                f"{config.dtype}; fp16 overflows on many models: use --dtype "
                                "bf16 or fp32")
         vectors = fit_vectors(config, corpus, stats)
+        components: list[int] = []
+        if config.neutral_share:
+            neutral_rows = [r for r in range(len(corpus.texts), len(texts)) if r in mine]
+            vectors, components = denoise(vectors, acts, neutral_rows, config.neutral_share, dist)
         stored = vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
         reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
         sums = calibration_sums(acts, stored, reference, [r for r in ref_rows if r in mine])
         mean, std = calibration_stats(dist.sum_array(sums))
+        quality = (evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
+                   if config.report_dir else None)
     manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
     manifest["calibration"] = {"reference": ref_name, "mean": mean.round(6).tolist(),
                                "std": std.round(6).tolist()}
+    if config.neutral_share:
+        manifest["denoise"] = {"neutral_share": config.neutral_share,
+                               "components_per_layer": components}
     vec_path, man_path = config.output, config.manifest_path
     if dist.is_main:
         per_layer = {layer: vectors[i] for i, layer in enumerate(layers)}
         save_artifact(per_layer, manifest, vec_path, man_path)
+        if quality is not None and config.report_dir is not None:
+            from amygdala.report import write_report
+
+            write_report(replace(quality, info=quality_info(manifest, vec_path)),
+                         config.report_dir)
     dist.barrier()
     cached = int(dist.sum_array(np.array([len(mine) - cstats.texts]))[0])
     return TrainResult(vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,9 +55,14 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
                    "real non-special token; default mean")
     g.add_argument("--pool-start", type=int, default=0,
                    help="mean pooling skips this many leading real tokens; default 0")
-    g.add_argument("--method", default="mean_diff",
-                   help="fitting method: mean_diff (CAA difference of means, unit-normalized); "
-                   "default mean_diff")
+    g.add_argument("--method", default="whitened",
+                   help="fitting method: whitened (difference of means whitened by the shrunk "
+                   "pooled within-concept covariance; best on GoEmotions, see README "
+                   "'Methods'), mean_diff (CAA difference of means), one_vs_mean (concept "
+                   "mean minus the mean of all concept means), whitened_lw (Ledoit-Wolf "
+                   "covariance of all texts), pca (first principal component of matched "
+                   "differences; extra passes), probe (logistic regression; holds all rows in "
+                   "memory); default whitened")
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or mps; by default the best available")
     g.add_argument("--max-length", type=int, default=512,
@@ -83,6 +89,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
     g.add_argument("--neutral", type=Path, default=None,
                    help="neutral text (.txt, paragraphs separated by blank lines, or a folder "
                    "of them): the calibration reference; by default each concept's negatives")
+    g.add_argument("--neutral-share", type=float, default=0.0,
+                   help="with --neutral: project the neutral text's top principal components "
+                   "explaining this share of its variance (e.g. 0.1) out of every vector; "
+                   "default 0 (off)")
+    g.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="also write DIR/quality.json and DIR/report.html (held-out AUROC, "
+                   "cross-talk, coherence), as `amygdala report` does")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +130,8 @@ def config_from_args(args: argparse.Namespace, training_data_dir: Path | None = 
         cache_dir=args.cache_dir,
         no_cache=args.no_cache,
         neutral=args.neutral,
+        neutral_share=args.neutral_share,
+        report_dir=getattr(args, "report", None),
         device_map=args.device_map,
     )
 
@@ -127,4 +142,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(config_from_args(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
         print_summary(result)
+        if args.report:
+            print(f"wrote {args.report / 'quality.json'} and {args.report / 'report.html'}",
+                  file=sys.stderr)
     return 0
