@@ -97,7 +97,8 @@ def print_tables(ro: Readout, layer: int, top: int) -> None:
     console = Console()
     li = ro.layer_index(layer)
     unit = "z" if ro.z is not None else "raw"
-    summary = Table(title=f"text: top concepts at layer {layer} (mean over real tokens)")
+    console.print(f"[bold]text: top concepts at layer {layer}[/] (mean over real tokens)")
+    summary = Table()
     summary.add_column("concept")
     summary.add_column("raw", justify="right")
     if ro.z is not None:
@@ -110,7 +111,9 @@ def print_tables(ro: Readout, layer: int, top: int) -> None:
             row.append(f"{float(pooled_z[li, c]):+.2f}")
         summary.add_row(*row)
     console.print(summary)
-    tokens = Table(title=f"tokens: top concept at layer {layer} ({unit})")
+    console.print(f"[bold]tokens: top concept at layer {layer}[/] ({unit}; dim rows are special "
+                  "tokens, not pooled)")
+    tokens = Table()
     for name, justify in (("#", "right"), ("token", "left"), ("top concept", "left"),
                           (unit, "right")):
         tokens.add_column(name, justify=justify)  # type: ignore[arg-type]
