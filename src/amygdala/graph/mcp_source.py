@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
@@ -154,7 +155,14 @@ class McpGraphSource:
     def read(self) -> GraphRead:
         """List and fetch every node; raises GraphError when the graph cannot be read."""
         token = os.environ.get(self.options.token_env) or None
-        return asyncio.run(_Reader(self, token).run())
+        reader = _Reader(self, token)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: no event loop in this thread
+            return asyncio.run(reader.run())
+        # called from async code (a notebook, a server): run on a thread of its own
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, reader.run()).result()
 
 
 class _Reader:
@@ -271,7 +279,7 @@ class _Reader:
             else:
                 others.append(getattr(item, "type", type(item).__name__))
         if result.is_error:
-            message = self._mask(" ".join(texts).strip() or "no message")
+            message = self._mask(" ".join(" ".join(texts).split()) or "no message")
             raise GraphError(
                 f"{self.source.display}: tool {tool} returned an error {self._what(arguments)}: "
                 f"{message}"
@@ -335,7 +343,7 @@ class _Reader:
             value = json.loads(text)
         except ValueError:
             raise self._unparsable(text, "it is not JSON") from None
-        items = _listing_items(value)
+        items = listing_items(value)
         if items is None:
             raise self._unparsable(text, f"JSON {type(value).__name__} without a list of nodes")
         entries: list[dict[str, Any]] = []
@@ -488,7 +496,7 @@ _NODE_FIELDS = frozenset({"key", "node_type", "timestamp", "weight", "provenance
 _LIST_FIELDS = ("nodes", "keys", "results", "items", "result")
 
 
-def _listing_items(value: object) -> list[Any] | None:
+def listing_items(value: object) -> list[Any] | None:
     """The list of entries in a listing: the value itself or one well-known field of it."""
     if isinstance(value, list):
         return value
