@@ -29,6 +29,7 @@ import hmac
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +306,12 @@ def serve(config: ServeConfig, announce: Callable[[str], None] = _print_now) -> 
     sock = _bind(config.host, config.port)
     url = endpoint_url(config.host, sock.getsockname()[1], config.path)
     auth = f"; bearer token required (from ${config.token_env})" if token else ""
+    if not token and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {config.host} without a token: anyone who can reach this "
+            f"port can read the graph; set ${config.token_env} to require one",
+            file=sys.stderr,
+        )
     line = f"serving {len(graph.nodes)} nodes from {config.graph} on {url}{auth}"
 
     class _Server(uvicorn.Server):
