@@ -46,6 +46,7 @@ from amygdala.graph.filesource import parse_record
 from amygdala.graph.nodes import GraphRead, Node
 
 if TYPE_CHECKING:
+    import httpx2
     from mcp.client.client import Client
     from mcp_types import CallToolResult
 
@@ -199,7 +200,7 @@ class _Reader:
 
     async def _pass(self) -> None:
         """One connection: list the nodes (once per read), then fetch what is missing."""
-        async with self._client() as client:
+        async with self._http() as http, self._client(http) as client:
             self.state.contacted = True
             if self.state.entries is None:
                 await self._check_tools(client)
@@ -210,23 +211,27 @@ class _Reader:
                 self._announce()
             await self._fetch_all(client)
 
-    def _client(self) -> Client:
+    def _http(self) -> httpx2.AsyncClient:
+        """The HTTP client of one connection: token header, timeouts, status recorder."""
         import httpx2
-        from mcp.client.client import Client
-        from mcp.client.streamable_http import streamable_http_client
 
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         statuses = self.state.http_errors
 
         async def record(response: httpx2.Response) -> None:
-            if response.status_code >= 400:
+            if response.status_code >= 400:  # the SDK hides the status; auth errors need it
                 statuses.append(response.status_code)
 
-        http = httpx2.AsyncClient(
+        return httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(self.opt.timeout, read=self.opt.timeout * 2),
             event_hooks={"response": [record]},
         )
+
+    def _client(self, http: httpx2.AsyncClient) -> Client:
+        from mcp.client.client import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         transport = streamable_http_client(self.source.endpoint, http_client=http)
         return Client(transport, cache=None, read_timeout_seconds=self.opt.timeout)
 
