@@ -85,6 +85,7 @@ def test_cli_vectors_equal_numpy_difference_of_means(
     out = tmp_path / "out" / "readout.safetensors"
     code = main(["train", "--model", str(model_dir), "--training-data-dir", str(data),
                  "--target-layers", "0,2", "--output", str(out), "--dtype", "fp32",
+                 "--method", "mean_diff",
                  "--vectors-dtype", "float32", "--batch-size", "5", "--min-examples", "3",
                  "--device", "cpu", "--no-progress"])
     assert code == 0
