@@ -256,7 +256,7 @@ def test_server_restarted_mid_extraction_is_retried(graph: Path, tmp_path: Path)
     assert extract_cli("--graph", str(graph), "--output-dir", str(reference), *ARGS) == 0
     with memory_server(graph, "--render-delay", "60") as slow:
         run = spawn(amygdala("extract", "--memory-mcp-url", slow.url, "--output-dir", str(out),
-                             "--mcp-retries", "8", "--mcp-backoff", "0.2", *ARGS[:-1]))  # fmt: skip
+                             "--mcp-retries", "10", "--mcp-backoff", "0.1", *ARGS[:-1]))  # fmt: skip
         try:
             run.wait_for(MARKER, stream="stderr")
             slow.kill()
