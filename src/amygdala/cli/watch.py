@@ -177,10 +177,11 @@ def render(state: WatchState, title: str) -> Any:
         order, row = state.shown()
         layer = state.layers[state.layer_index]
         unit = "z-scores" if state.mode == "z" else "raw dot products"
-        keys = f"keys 1-{min(9, len(state.layers))}: layer" + (" · r: raw/z" if state.calibrated
-                                                               else " (no calibration: raw)")
-        head = Text.assemble((f"{title}  ", "bold"), (f"layer {layer} · {unit}", "bold cyan"),
-                             f"  ·  {state.tokens} tokens · {state.status}  ·  {keys} · q: quit")
+        keys = f"keys 1-{min(9, len(state.layers))}: layer · " + (
+            "r: raw/z" if state.calibrated else "no calibration: raw only") + " · q: quit"
+        head = Text.assemble((f"layer {layer} · {unit}", "bold cyan"),
+                             f"  ·  {state.tokens} tokens · {state.status}\n",
+                             (title, "bold"), f"  ·  {keys}")
         bars = Table.grid(padding=(0, 1))
         bars.add_column(justify="right", min_width=16)
         bars.add_column(width=42)
