@@ -99,8 +99,9 @@ class Variant:
         return self.method + (f" + neutral {self.neutral_share:g}" if self.neutral_share else "")
 
 
-def fit(variant: Variant, acts: np.ndarray, labels: np.ndarray, neutral: np.ndarray,
-        chunk: int = 1024) -> torch.Tensor:
+def fit(
+    variant: Variant, acts: np.ndarray, labels: np.ndarray, neutral: np.ndarray, chunk: int = 1024
+) -> torch.Tensor:
     """Stream `acts` through `ConceptStats` and the registered method, as the trainer does."""
     from amygdala.fit import (
         ConceptStats,
@@ -115,11 +116,14 @@ def fit(variant: Variant, acts: np.ndarray, labels: np.ndarray, neutral: np.ndar
 
     def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, n, chunk):
-            yield (torch.from_numpy(labels[start:start + chunk]),
-                   torch.from_numpy(acts[start:start + chunk]))
+            yield (
+                torch.from_numpy(labels[start : start + chunk]),
+                torch.from_numpy(acts[start : start + chunk]),
+            )
 
-    stats = ConceptStats.zeros(n_layers, labels.shape[1], hidden,
-                               needs=method_needs(variant.method))
+    stats = ConceptStats.zeros(
+        n_layers, labels.shape[1], hidden, needs=method_needs(variant.method)
+    )
     for lab, batch in passes():
         stats.update(lab, batch)
     stats.rows = passes
@@ -135,8 +139,7 @@ def layer_means(vectors: torch.Tensor, dev: Split) -> np.ndarray:
     """Mean dev AUROC over the 27 emotions, per layer."""
     from amygdala.evaluate import separation
 
-    scores = np.einsum("nlh,lch->nlc", dev.acts.astype(np.float64),
-                       vectors.double().numpy())
+    scores = np.einsum("nlh,lch->nlc", dev.acts.astype(np.float64), vectors.double().numpy())
     au, _ = separation(scores, dev.labels)
     return au.mean(axis=1)
 
@@ -145,8 +148,9 @@ def sample(n_total: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_total, size, replace=False))
 
 
-def measure(variant: Variant, train: Split, dev: Split, rows: np.ndarray | slice,
-            neutral_rows: np.ndarray) -> tuple[float, int, float]:
+def measure(
+    variant: Variant, train: Split, dev: Split, rows: np.ndarray | slice, neutral_rows: np.ndarray
+) -> tuple[float, int, float]:
     """`(best-layer mean AUROC, best layer, seconds to fit)` for one training subset."""
     acts, labels = train.acts[rows], train.labels[rows]
     neutral = acts[neutral_rows[rows]]
@@ -157,40 +161,64 @@ def measure(variant: Variant, train: Split, dev: Split, rows: np.ndarray | slice
     return float(means.max()), int(means.argmax()), seconds
 
 
-VARIANTS = [Variant("mean_diff"), Variant("one_vs_mean"), Variant("pca"),
-            Variant("mean_diff", 0.1), Variant("whitened_lw"), Variant("probe"),
-            Variant("whitened"), Variant("whitened", 0.1)]
+VARIANTS = [
+    Variant("mean_diff"),
+    Variant("one_vs_mean"),
+    Variant("pca"),
+    Variant("mean_diff", 0.1),
+    Variant("whitened_lw"),
+    Variant("probe"),
+    Variant("whitened"),
+    Variant("whitened", 0.1),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="GoEmotions folder")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
-                        help="activation cache and methods.md")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated variants (e.g. mean_diff,whitened+0.1); "
-                        "default: all")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "out", help="activation cache and methods.md"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated variants (e.g. mean_diff,whitened+0.1); default: all",
+    )
     parser.add_argument("--small", type=int, default=5000, help="size of the small train set")
-    parser.add_argument("--seeds", type=int, default=5,
-                        help="small train sets drawn (seeds 0..N-1); seed 0 is the headline")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="small train sets drawn (seeds 0..N-1); seed 0 is the headline",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="capture batch size")
     args = parser.parse_args(argv)
-    variants = VARIANTS if not args.methods else [
-        Variant(m.split("+")[0], float(m.split("+")[1]) if "+" in m else 0.0)
-        for m in args.methods.split(",")]
+    variants = (
+        VARIANTS
+        if not args.methods
+        else [
+            Variant(m.split("+")[0], float(m.split("+")[1]) if "+" in m else 0.0)
+            for m in args.methods.split(",")
+        ]
+    )
     train = load_split(args.data, "train", args.out, args.batch_size)
     dev = load_split(args.data, "dev", args.out, args.batch_size)
     neutral_rows = (train.labels == 1).sum(axis=1) == 0  # only the `neutral` label
     lines = table_header(len(train.texts), args.small, args.seeds)
     for variant in variants:
         full = measure(variant, train, dev, slice(None), neutral_rows)
-        small = [measure(variant, train, dev, sample(len(train.texts), args.small, seed),
-                         neutral_rows) for seed in range(args.seeds)]
+        small = [
+            measure(variant, train, dev, sample(len(train.texts), args.small, seed), neutral_rows)
+            for seed in range(args.seeds)
+        ]
         spread = np.array([s[0] for s in small])
-        lines.append(f"| `{variant.name}` | {full[0]:.4f} (L{full[1]}) | "
-                     f"{small[0][0]:.4f} (L{small[0][1]}) | {spread.mean():.4f} ± "
-                     f"{spread.std(ddof=1) if len(spread) > 1 else 0:.4f} | {full[2]:.1f} |")
+        lines.append(
+            f"| `{variant.name}` | {full[0]:.4f} (L{full[1]}) | "
+            f"{small[0][0]:.4f} (L{small[0][1]}) | {spread.mean():.4f} ± "
+            f"{spread.std(ddof=1) if len(spread) > 1 else 0:.4f} | {full[2]:.1f} |"
+        )
         print(lines[-1], file=sys.stderr, flush=True)
     text = "\n".join(lines) + "\n"
     (args.out / "methods.md").write_text(text)

@@ -32,12 +32,13 @@ class MemorySource:
         self.acts = acts
         self.requested: list[list[int]] = []
 
-    def iter(self, rows: Sequence[int], chunk: int = 7
-             ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def iter(
+        self, rows: Sequence[int], chunk: int = 7
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         rows = list(rows)
         self.requested.append(rows)
         for s in range(0, len(rows), chunk):
-            index = np.asarray(rows[s:s + chunk], dtype=int)
+            index = np.asarray(rows[s : s + chunk], dtype=int)
             yield index, torch.from_numpy(self.acts[index])
 
 
@@ -59,9 +60,13 @@ def dataset(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Te
     vectors = rng.normal(size=(LAYERS, CONCEPTS, HIDDEN))
     vectors[:, 3] = vectors[:, 0] - 0.5 * vectors[:, 1] + 0.01 * rng.normal(size=(LAYERS, HIDDEN))
     for c in range(CONCEPTS):  # plant some signal so layers and AUROCs differ
-        acts[labels[:, c] == 1] += (0.4 * (c + 1) * vectors[:, c] /
-                                    np.linalg.norm(vectors[:, c], axis=-1, keepdims=True)
-                                    * np.array([0.2, 1.0, 0.6])[:, None]).astype(np.float32)
+        acts[labels[:, c] == 1] += (
+            0.4
+            * (c + 1)
+            * vectors[:, c]
+            / np.linalg.norm(vectors[:, c], axis=-1, keepdims=True)
+            * np.array([0.2, 1.0, 0.6])[:, None]
+        ).astype(np.float32)
     v = torch.from_numpy(vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).float()
     return acts, train, heldout, v
 
@@ -69,8 +74,16 @@ def dataset(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Te
 @pytest.fixture(scope="module")
 def quality_doc() -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
     acts, train, heldout, vectors = dataset()
-    q = evaluate(vectors, NAMES, [2, 5, 7], MemorySource(acts), train, heldout,
-                 max_coherence=25, info={"model": "synthetic"})
+    q = evaluate(
+        vectors,
+        NAMES,
+        [2, 5, 7],
+        MemorySource(acts),
+        train,
+        heldout,
+        max_coherence=25,
+        info={"model": "synthetic"},
+    )
     doc = json.loads(json.dumps(q.to_json()))  # exactly what quality.json holds
     return doc, acts, train, heldout, vectors
 
@@ -90,8 +103,9 @@ def test_auroc_matches_scikit_learn_with_ties() -> None:
 def test_cohens_d_matches_numpy() -> None:
     rng = np.random.default_rng(4)
     a, b = rng.normal(1, 2, 40), rng.normal(0, 1, 25)
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1))
-                     / (len(a) + len(b) - 2))
+    pooled = np.sqrt(
+        ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    )
     assert cohens_d(a, b) == pytest.approx((a.mean() - b.mean()) / pooled, rel=1e-12)
     assert np.isnan(cohens_d(a[:1], b))
 
@@ -106,12 +120,15 @@ def test_separation_numbers(quality_doc: tuple) -> None:
         pos, neg = heldout[:, c] == 1, heldout[:, c] == -1
         for j in range(LAYERS):
             score = acts[:, j].astype(np.float64) @ v[j, c]
-            want = roc_auc_score(np.r_[np.ones(pos.sum()), np.zeros(neg.sum())],
-                                 np.r_[score[pos], score[neg]])
+            want = roc_auc_score(
+                np.r_[np.ones(pos.sum()), np.zeros(neg.sum())], np.r_[score[pos], score[neg]]
+            )
             assert per["auroc"][j] == pytest.approx(want, abs=1e-6)
             p, n = score[pos], score[neg]
-            sd = np.sqrt(((len(p) - 1) * p.var(ddof=1) + (len(n) - 1) * n.var(ddof=1))
-                         / (len(p) + len(n) - 2))
+            sd = np.sqrt(
+                ((len(p) - 1) * p.var(ddof=1) + (len(n) - 1) * n.var(ddof=1))
+                / (len(p) + len(n) - 2)
+            )
             assert per["cohens_d"][j] == pytest.approx((p.mean() - n.mean()) / sd, abs=1e-5)
         best = int(np.argmax(per["auroc"]))
         assert per["best_layer"] == [2, 5, 7][best]
@@ -179,7 +196,8 @@ def test_coherence_pca_map_counts_and_flags(quality_doc: tuple) -> None:
             "train_positive": int((train[:, c] == 1).sum()),
             "train_negative": int((train[:, c] == -1).sum()),
             "heldout_positive": int((heldout[:, c] == 1).sum()),
-            "heldout_negative": int((heldout[:, c] == -1).sum())}
+            "heldout_negative": int((heldout[:, c] == -1).sum()),
+        }
     for j, entry in enumerate(doc["pca_map"]):
         pca = PCA(n_components=2).fit(vectors[j].double().numpy())
         want = pca.transform(vectors[j].double().numpy())
@@ -198,15 +216,23 @@ def test_flags_for_backwards_and_missing_heldout() -> None:
     flipped = vectors.clone()
     flipped[:, 3] *= -1  # reads backwards
     heldout[:, 1] = np.where(heldout[:, 1] == 1, 0, heldout[:, 1])  # no held-out positives
-    q = evaluate(flipped, NAMES, [0, 1, 2], MemorySource(acts), train, heldout,
-                 thresholds=Thresholds(min_train=1000))
+    q = evaluate(
+        flipped,
+        NAMES,
+        [0, 1, 2],
+        MemorySource(acts),
+        train,
+        heldout,
+        thresholds=Thresholds(min_train=1000),
+    )
     doc = q.to_json()
     assert doc["per_concept"]["awe"]["auroc"] == [None, None, None]
     assert doc["per_concept"]["awe"]["best_layer"] is None
     assert any("no held-out positives" in f for f in doc["per_concept"]["awe"]["flags"])
     assert any("reads backwards" in f for f in doc["per_concept"]["dread"]["flags"])
-    assert all(any("few training examples" in f for f in doc["per_concept"][c]["flags"])
-               for c in NAMES)
+    assert all(
+        any("few training examples" in f for f in doc["per_concept"][c]["flags"]) for c in NAMES
+    )
 
 
 def test_evaluate_reads_each_needed_row_once_per_purpose() -> None:
@@ -230,8 +256,8 @@ def test_shape_mismatch_is_a_config_error() -> None:
 
 
 def test_report_cli_matches_independent_projection(
-        tmp_path: Path, tiny_model_dirs: Callable[[str], Path],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, tiny_model_dirs: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Train, then report: AUROCs equal scikit-learn's on output_hidden_states projections,
     and the report reuses the activation store (the model does not run again)."""
     from sklearn.metrics import roc_auc_score
@@ -244,12 +270,45 @@ def test_report_cli_matches_independent_projection(
     out = tmp_path / "out" / "readout.safetensors"
     cache = tmp_path / "cache"
     common = ["--training-data-dir", str(data), "--cache-dir", str(cache), "--no-progress"]
-    assert main(["train", "--model", str(model_dir), "--output", str(out), "--target-layers",
-                 "0,2", "--min-examples", "3", "--dtype", "fp32", "--device", "cpu",
-                 "--report", str(tmp_path / "from-train"), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(model_dir),
+                "--output",
+                str(out),
+                "--target-layers",
+                "0,2",
+                "--min-examples",
+                "3",
+                "--dtype",
+                "fp32",
+                "--device",
+                "cpu",
+                "--report",
+                str(tmp_path / "from-train"),
+                *common,
+            ]
+        )
+        == 0
+    )
     shards = sorted(p.name for p in cache.rglob("*.safetensors"))
-    assert main(["report", "--vectors", str(out), "--output-dir", str(tmp_path / "rep"),
-                 "--device", "cpu", *common]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--vectors",
+                str(out),
+                "--output-dir",
+                str(tmp_path / "rep"),
+                "--device",
+                "cpu",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in cache.rglob("*.safetensors")) == shards  # nothing captured
     err = capsys.readouterr()
     assert "recommended layers" in err.out and "report.html" in err.err
@@ -269,37 +328,74 @@ def test_report_cli_matches_independent_projection(
     assert doc["method"] == "whitened" and doc["layers"] == [0, 2]
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    ("no_heldout", "has no held-out rows"),
-    ("missing_concept", "has no examples of ['joy']"),
-    ("wrong_model", "pass the artifact's model with --model"),
-])
-def test_report_errors_are_clear(tmp_path: Path, tiny_model_dirs: Callable[[str], Path],
-                                 capsys: pytest.CaptureFixture[str], setup: str,
-                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("no_heldout", "has no held-out rows"),
+        ("missing_concept", "has no examples of ['joy']"),
+        ("wrong_model", "pass the artifact's model with --model"),
+    ],
+)
+def test_report_errors_are_clear(
+    tmp_path: Path,
+    tiny_model_dirs: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    message: str,
+) -> None:
     from test_methods import EMOTIONS, write_data
 
     data = write_data(tmp_path / "data")
     out = tmp_path / "readout.safetensors"
-    assert main(["train", "--model", str(tiny_model_dirs("llama")), "--training-data-dir",
-                 str(data), "--output", str(out), "--target-layers", "0,2", "--min-examples",
-                 "3", "--no-progress", "--no-cache"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_model_dirs("llama")),
+                "--training-data-dir",
+                str(data),
+                "--output",
+                str(out),
+                "--target-layers",
+                "0,2",
+                "--min-examples",
+                "3",
+                "--no-progress",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     other = tmp_path / "other"
     extra: list[str] = []
     if setup == "no_heldout":
         for path in data.glob("*.jsonl"):
             rows = [json.loads(line) for line in path.read_text().splitlines()]
             (other / path.name).parent.mkdir(exist_ok=True)
-            (other / path.name).write_text("".join(
-                json.dumps({**r, "split": "train"}) + "\n" for r in rows))
+            (other / path.name).write_text(
+                "".join(json.dumps({**r, "split": "train"}) + "\n" for r in rows)
+            )
     elif setup == "missing_concept":
         write_data(other, {k: v for k, v in EMOTIONS.items() if k != "joy"})
     else:
         other = data
         extra = ["--model", "minilm"]  # hidden 384, not 64
     report_dir = tmp_path / "rep"
-    code = main(["report", "--vectors", str(out), "--training-data-dir", str(other),
-                 "--output-dir", str(report_dir), "--no-cache", "--no-progress", *extra])
+    code = main(
+        [
+            "report",
+            "--vectors",
+            str(out),
+            "--training-data-dir",
+            str(other),
+            "--output-dir",
+            str(report_dir),
+            "--no-cache",
+            "--no-progress",
+            *extra,
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not report_dir.exists()

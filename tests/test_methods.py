@@ -40,14 +40,13 @@ def synthetic(seed: int = 0, n: int = N) -> tuple[np.ndarray, np.ndarray]:
     return acts.astype(np.float32), labels
 
 
-def stats_for(method: str, acts: np.ndarray, labels: np.ndarray, chunk: int = 17
-              ) -> ConceptStats:
+def stats_for(method: str, acts: np.ndarray, labels: np.ndarray, chunk: int = 17) -> ConceptStats:
     """Stream in uneven batches, as the trainer does, with row passes attached."""
     stats = ConceptStats.zeros(LAYERS, labels.shape[1], HIDDEN, needs=method_needs(method))
 
     def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for s in range(0, len(acts), chunk):
-            yield torch.from_numpy(labels[s:s + chunk]), torch.from_numpy(acts[s:s + chunk])
+            yield torch.from_numpy(labels[s : s + chunk]), torch.from_numpy(acts[s : s + chunk])
 
     for lab, batch in passes():
         stats.update(lab, batch)
@@ -76,10 +75,13 @@ def assert_same_directions(got: torch.Tensor, want: np.ndarray, atol: float = 1e
 
 def test_streamed_moments_equal_numpy_covariance_and_merge() -> None:
     acts, _ = synthetic()
-    whole, a, b = Moments.zeros(LAYERS, HIDDEN), Moments.zeros(LAYERS, HIDDEN), \
-        Moments.zeros(LAYERS, HIDDEN)
+    whole, a, b = (
+        Moments.zeros(LAYERS, HIDDEN),
+        Moments.zeros(LAYERS, HIDDEN),
+        Moments.zeros(LAYERS, HIDDEN),
+    )
     for s in range(0, N, 31):
-        whole.update(torch.from_numpy(acts[s:s + 31]))
+        whole.update(torch.from_numpy(acts[s : s + 31]))
     a.update(torch.from_numpy(acts[:100]))
     b.update(torch.from_numpy(acts[100:]))
     a.merge(b)
@@ -88,8 +90,9 @@ def test_streamed_moments_equal_numpy_covariance_and_merge() -> None:
         for layer in range(LAYERS):
             x = acts[:, layer].astype(np.float64)
             np.testing.assert_allclose(m.mean()[layer].numpy(), x.mean(0), atol=1e-9)
-            np.testing.assert_allclose(m.covariance()[layer].numpy(), np.cov(x.T, bias=True),
-                                       atol=1e-9)
+            np.testing.assert_allclose(
+                m.covariance()[layer].numpy(), np.cov(x.T, bias=True), atol=1e-9
+            )
 
 
 def test_weighted_moments_equal_repeated_rows() -> None:
@@ -98,8 +101,9 @@ def test_weighted_moments_equal_repeated_rows() -> None:
     m = Moments.zeros(LAYERS, HIDDEN)
     m.update(torch.from_numpy(acts), torch.from_numpy(weights))
     repeated = np.repeat(acts, weights, axis=0).astype(np.float64)
-    np.testing.assert_allclose(m.covariance()[0].numpy(), np.cov(repeated[:, 0].T, bias=True),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        m.covariance()[0].numpy(), np.cov(repeated[:, 0].T, bias=True), atol=1e-9
+    )
 
 
 def test_ledoit_wolf_equals_scikit_learn() -> None:
@@ -109,7 +113,7 @@ def test_ledoit_wolf_equals_scikit_learn() -> None:
         acts, _ = synthetic(seed, n)
         m = Moments.zeros(LAYERS, HIDDEN)
         for s in range(0, n, 7):
-            m.update(torch.from_numpy(acts[s:s + 7]))
+            m.update(torch.from_numpy(acts[s : s + 7]))
         cov, shrink = m.ledoit_wolf()
         for layer in range(LAYERS):
             want, want_s = ledoit_wolf(acts[:, layer].astype(np.float64))
@@ -121,7 +125,7 @@ def test_within_scatter_equals_numpy() -> None:
     acts, labels = synthetic()
     w = WithinScatter.zeros(LAYERS, CONCEPTS, HIDDEN)
     for s in range(0, N, 50):
-        w.update(torch.from_numpy(labels[s:s + 50]), torch.from_numpy(acts[s:s + 50]))
+        w.update(torch.from_numpy(labels[s : s + 50]), torch.from_numpy(acts[s : s + 50]))
     a = acts.astype(np.float64)
     for layer in range(LAYERS):
         scatter, dof = np.zeros((HIDDEN, HIDDEN)), 0
@@ -152,8 +156,7 @@ def test_one_vs_mean_equals_numpy() -> None:
     acts, labels = synthetic()
     pos, _ = np_means(acts, labels)
     want = unit(pos - pos.mean(axis=1, keepdims=True))
-    assert_same_directions(FIT_METHODS["one_vs_mean"](stats_for("one_vs_mean", acts, labels)),
-                           want)
+    assert_same_directions(FIT_METHODS["one_vs_mean"](stats_for("one_vs_mean", acts, labels)), want)
 
 
 def numpy_whitened(acts: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -193,10 +196,15 @@ def test_whitened_lw_equals_scikit_learn_ledoit_wolf_lda() -> None:
 
     acts, labels = synthetic()
     pos, neg = np_means(acts, labels)
-    want = np.stack([np.linalg.solve(ledoit_wolf(acts[:, j].astype(np.float64))[0],
-                                     (pos[j] - neg[j]).T).T for j in range(LAYERS)])
-    assert_same_directions(FIT_METHODS["whitened_lw"](stats_for("whitened_lw", acts, labels)),
-                           unit(want))
+    want = np.stack(
+        [
+            np.linalg.solve(ledoit_wolf(acts[:, j].astype(np.float64))[0], (pos[j] - neg[j]).T).T
+            for j in range(LAYERS)
+        ]
+    )
+    assert_same_directions(
+        FIT_METHODS["whitened_lw"](stats_for("whitened_lw", acts, labels)), unit(want)
+    )
 
 
 def test_pca_equals_numpy_svd_of_matched_differences() -> None:
@@ -268,15 +276,30 @@ def test_neutral_denoising_equals_numpy_pca_projection() -> None:
 # ---------------------------------------------------------------- through the trainer
 
 EMOTIONS = {
-    "joy": ["We laughed all afternoon at the fair.", "The puppy wagged its tail at me!",
-            "Sunlight and music filled the kitchen.", "She won the race and cheered.",
-            "A surprise party, balloons everywhere.", "He danced in the rain, grinning."],
-    "fear": ["Footsteps behind me in the dark alley.", "The plane dropped suddenly.",
-             "A scream from the basement at night.", "My heart pounded as the door creaked.",
-             "The ice cracked under my boots.", "Something moved under the bed."],
-    "calm": ["The lake was still at dawn.", "She breathed slowly, eyes closed.",
-             "Tea steamed quietly on the table.", "Snow fell softly over the field.",
-             "The cat slept in a patch of sun.", "Waves rolled in, slow and even."],
+    "joy": [
+        "We laughed all afternoon at the fair.",
+        "The puppy wagged its tail at me!",
+        "Sunlight and music filled the kitchen.",
+        "She won the race and cheered.",
+        "A surprise party, balloons everywhere.",
+        "He danced in the rain, grinning.",
+    ],
+    "fear": [
+        "Footsteps behind me in the dark alley.",
+        "The plane dropped suddenly.",
+        "A scream from the basement at night.",
+        "My heart pounded as the door creaked.",
+        "The ice cracked under my boots.",
+        "Something moved under the bed.",
+    ],
+    "calm": [
+        "The lake was still at dawn.",
+        "She breathed slowly, eyes closed.",
+        "Tea steamed quietly on the table.",
+        "Snow fell softly over the field.",
+        "The cat slept in a patch of sun.",
+        "Waves rolled in, slow and even.",
+    ],
 }
 
 
@@ -285,9 +308,16 @@ def write_data(root: Path, emotions: dict[str, list[str]] = EMOTIONS) -> Path:
     emotion's negatives; every third text of each emotion is held out."""
     root.mkdir(parents=True, exist_ok=True)
     for emotion in emotions:
-        rows = [{"emotion": emotion, "text": text, "split": "heldout" if i % 3 == 2 else "train",
-                 "polarity": "positive" if other == emotion else "negative"}
-                for other, texts in emotions.items() for i, text in enumerate(texts)]
+        rows = [
+            {
+                "emotion": emotion,
+                "text": text,
+                "split": "heldout" if i % 3 == 2 else "train",
+                "polarity": "positive" if other == emotion else "negative",
+            }
+            for other, texts in emotions.items()
+            for i, text in enumerate(texts)
+        ]
         (root / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -310,10 +340,10 @@ def reference_pooled(model_dir: Path, texts: list[str], layers: list[int]) -> np
     return np.stack(out)
 
 
-
 @pytest.mark.parametrize("method", sorted(FIT_METHODS))
-def test_every_method_trains_end_to_end(tmp_path: Path, method: str,
-                                        tiny_model_dirs: Callable[[str], Path]) -> None:
+def test_every_method_trains_end_to_end(
+    tmp_path: Path, method: str, tiny_model_dirs: Callable[[str], Path]
+) -> None:
     """Each method runs through `train()`, with the accumulators and passes it declares."""
     from amygdala.artifact import load_artifact
     from amygdala.train import TrainConfig, train
@@ -321,9 +351,21 @@ def test_every_method_trains_end_to_end(tmp_path: Path, method: str,
     model_dir = tiny_model_dirs("llama")
     data = write_data(tmp_path / "data")
     out = tmp_path / "r.safetensors"
-    train(TrainConfig(model=str(model_dir), training_data_dir=data, output=out, method=method,
-                      target_layers="0,2", min_examples=3, vectors_dtype="float32",
-                      device="cpu", dtype="fp32", progress=False, no_cache=True))
+    train(
+        TrainConfig(
+            model=str(model_dir),
+            training_data_dir=data,
+            output=out,
+            method=method,
+            target_layers="0,2",
+            min_examples=3,
+            vectors_dtype="float32",
+            device="cpu",
+            dtype="fp32",
+            progress=False,
+            no_cache=True,
+        )
+    )
     art = load_artifact(out)
     assert art.manifest["method"] == method
     if method != "whitened":
@@ -331,32 +373,47 @@ def test_every_method_trains_end_to_end(tmp_path: Path, method: str,
     # the default method equals numpy LDA on independently pooled activations
     texts = [t for ts in EMOTIONS.values() for i, t in enumerate(ts) if i % 3 != 2]
     acts = reference_pooled(model_dir, texts, [0, 2])
-    labels = np.array([[1 if t in EMOTIONS[c] else -1 for c in art.concepts] for t in texts],
-                      dtype=np.int8)
+    labels = np.array(
+        [[1 if t in EMOTIONS[c] else -1 for c in art.concepts] for t in texts], dtype=np.int8
+    )
     np.testing.assert_allclose(art.stacked().numpy(), numpy_whitened(acts, labels), atol=2e-4)
 
 
-def test_neutral_share_denoises_and_is_recorded(tmp_path: Path,
-                                               tiny_model_dirs: Callable[[str], Path]) -> None:
+def test_neutral_share_denoises_and_is_recorded(
+    tmp_path: Path, tiny_model_dirs: Callable[[str], Path]
+) -> None:
     from amygdala.artifact import load_artifact
     from amygdala.train import TrainConfig, train
 
     data = write_data(tmp_path / "data")
     neutral = tmp_path / "neutral.txt"
-    neutral.write_text("The bus leaves at nine.\n\nPaper is made from wood pulp.\n\n"
-                       "The meeting moved to room four.\n\nRain is forecast for Tuesday.\n")
-    common = dict(model=str(tiny_model_dirs("llama")), training_data_dir=data,
-                  target_layers="0,2", min_examples=3, vectors_dtype="float32", device="cpu",
-                  dtype="fp32", progress=False, no_cache=True, neutral=neutral)
+    neutral.write_text(
+        "The bus leaves at nine.\n\nPaper is made from wood pulp.\n\n"
+        "The meeting moved to room four.\n\nRain is forecast for Tuesday.\n"
+    )
+    common = dict(
+        model=str(tiny_model_dirs("llama")),
+        training_data_dir=data,
+        target_layers="0,2",
+        min_examples=3,
+        vectors_dtype="float32",
+        device="cpu",
+        dtype="fp32",
+        progress=False,
+        no_cache=True,
+        neutral=neutral,
+    )
     train(TrainConfig(output=tmp_path / "a.safetensors", **common))  # type: ignore[arg-type]
-    train(TrainConfig(output=tmp_path / "b.safetensors", neutral_share=0.5,
-                      **common))  # type: ignore[arg-type]
-    plain, denoised = load_artifact(tmp_path / "a.safetensors"), \
-        load_artifact(tmp_path / "b.safetensors")
+    train(TrainConfig(output=tmp_path / "b.safetensors", neutral_share=0.5, **common))  # type: ignore[arg-type]
+    plain, denoised = (
+        load_artifact(tmp_path / "a.safetensors"),
+        load_artifact(tmp_path / "b.safetensors"),
+    )
     assert "denoise" not in plain.manifest
     assert denoised.manifest["denoise"]["neutral_share"] == 0.5
     assert all(k >= 1 for k in denoised.manifest["denoise"]["components_per_layer"])
     assert not torch.allclose(plain.stacked(), denoised.stacked(), atol=1e-3)
     with pytest.raises(ConfigError, match="--neutral-share needs --neutral"):
-        TrainConfig(output=tmp_path / "c.safetensors", neutral_share=0.2,
-                    **{**common, "neutral": None})  # type: ignore[arg-type]
+        TrainConfig(
+            output=tmp_path / "c.safetensors", neutral_share=0.2, **{**common, "neutral": None}
+        )  # type: ignore[arg-type]

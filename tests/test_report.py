@@ -17,12 +17,15 @@ from amygdala.evaluate import evaluate
 from amygdala.report import render_html, write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason="Debian chromium not installed (apt-get install "
-                                    "chromium; .ci/run installs it)")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian chromium not installed (apt-get install chromium; .ci/run installs it)",
+)
 # Requests Chromium makes for itself (updates, time, sign-in) whatever the page holds.
-BROWSER_HOSTS = re.compile(r"(^|[/.])(google\.com|googleapis\.com|gstatic\.com|gvt1\.com)"
-                           r"(:\d+)?($|/)")
+BROWSER_HOSTS = re.compile(
+    r"(^|[/.])(google\.com|googleapis\.com|gstatic\.com|gvt1\.com)"
+    r"(:\d+)?($|/)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from test_evaluate import NAMES, MemorySource, dataset
 
     acts, train, heldout, vectors = dataset()
-    q = evaluate(vectors, NAMES, [2, 5, 7], MemorySource(acts), train, heldout,
-                 info={"model": "synthetic <model> & co", "method": "whitened"})
+    q = evaluate(
+        vectors,
+        NAMES,
+        [2, 5, 7],
+        MemorySource(acts),
+        train,
+        heldout,
+        info={"model": "synthetic <model> & co", "method": "whitened"},
+    )
     out = tmp_path_factory.mktemp("report")
     json_path, html_path = write_report(q, out)
     return html_path, json.loads(json_path.read_text())
@@ -69,12 +79,25 @@ def proxy() -> Iterator[tuple[int, list[str]]]:
 def chromium(page: Path, tmp: Path, port: int, *extra: str) -> str:
     """Run headless Chromium on `page` with all traffic forced through the proxy."""
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--no-first-run", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp / 'profile'}",
-         f"--proxy-server=http://127.0.0.1:{port}", "--proxy-bypass-list=<-loopback>",
-         *extra, page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp / 'profile'}",
+            f"--proxy-server=http://127.0.0.1:{port}",
+            "--proxy-bypass-list=<-loopback>",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -85,7 +108,8 @@ def page_requests(hits: list[str]) -> list[str]:
 
 @needs_chromium
 def test_report_renders_every_plot_without_network(
-        report: tuple[Path, dict], tmp_path: Path, proxy: tuple[int, list[str]]) -> None:
+    report: tuple[Path, dict], tmp_path: Path, proxy: tuple[int, list[str]]
+) -> None:
     html_path, doc = report
     port, hits = proxy
     # positive control: the proxy does see a page's own requests
@@ -114,8 +138,9 @@ def test_report_renders_every_plot_without_network(
 
 
 @needs_chromium
-def test_report_paints(report: tuple[Path, dict], tmp_path: Path,
-                       proxy: tuple[int, list[str]]) -> None:
+def test_report_paints(
+    report: tuple[Path, dict], tmp_path: Path, proxy: tuple[int, list[str]]
+) -> None:
     html_path, _ = report
     port, hits = proxy
     shot = tmp_path / "shot.png"

@@ -44,8 +44,9 @@ N_NEAREST = 3
 class RowSource(Protocol):
     """Stored pooled activations by text position (`amygdala.train.Activations` is one)."""
 
-    def iter(self, rows: Sequence[int], chunk: int = ...
-             ) -> Iterator[tuple[np.ndarray, Tensor]]: ...
+    def iter(
+        self, rows: Sequence[int], chunk: int = ...
+    ) -> Iterator[tuple[np.ndarray, Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,10 @@ def recommend_layers(au: np.ndarray, tolerance: float = LAYER_TOLERANCE) -> list
         covered = a[chosen].max(axis=0)
         if np.all(covered >= best - tolerance):
             return sorted(chosen)
-        gain = [np.mean(np.maximum(a[j], covered)) if j not in chosen else -np.inf
-                for j in range(a.shape[0])]
+        gain = [
+            np.mean(np.maximum(a[j], covered)) if j not in chosen else -np.inf
+            for j in range(a.shape[0])
+        ]
         chosen.append(int(np.argmax(gain)))
 
 
@@ -144,8 +147,9 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     return np.clip(u @ u.T, -1.0, 1.0)
 
 
-def ridge_crosstalk(vectors: np.ndarray, lam: float = RIDGE_LAMBDA
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def ridge_crosstalk(
+    vectors: np.ndarray, lam: float = RIDGE_LAMBDA
+) -> tuple[np.ndarray, np.ndarray]:
     """Regress each row of `vectors` `[C, H]` on all the other rows (ridge λ, no intercept).
 
     Returns `(r2 [C], weights [C, C])`: `weights[c, j]` is concept j's coefficient in the
@@ -192,9 +196,10 @@ def first_pc_share(x: np.ndarray) -> float:
     if len(x) < 2:
         return math.nan
     centred = x.astype(np.float64) - x.mean(axis=0, keepdims=True)
-    s = np.linalg.svd(centred, compute_uv=False)
-    total = float((s**2).sum())
-    return float(s[0] ** 2 / total) if total > 0 else math.nan
+    # the top eigenvalue of the smaller Gram matrix equals the top squared singular value
+    gram = centred @ centred.T if len(centred) < centred.shape[1] else centred.T @ centred
+    total = float(np.trace(gram))
+    return float(np.linalg.eigvalsh(gram)[-1] / total) if total > 0 else math.nan
 
 
 def coherence_rows(train: np.ndarray, cap: int) -> list[list[int]]:
@@ -208,8 +213,9 @@ def coherence_rows(train: np.ndarray, cap: int) -> list[list[int]]:
     return out
 
 
-def coherence(source: RowSource, per_concept: list[list[int]], n_layers: int,
-              budget_rows: int = 20000) -> np.ndarray:
+def coherence(
+    source: RowSource, per_concept: list[list[int]], n_layers: int, budget_rows: int = 20000
+) -> np.ndarray:
     """`[L, C]` first-PC variance share of each concept's rows, in as few passes as the
     memory budget (`budget_rows` activations held at once) allows."""
     out = np.full((n_layers, len(per_concept)), np.nan)
@@ -243,14 +249,16 @@ def _groups(per_concept: list[list[int]], budget_rows: int) -> list[list[int]]:
 # ---------------------------------------------------------------- the whole evaluation
 
 
-def project(source: RowSource, rows: Sequence[int], vectors: Tensor
-            ) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    source: RowSource, rows: Sequence[int], vectors: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """`(positions, projections [n, L, C])` of `rows` on `vectors` `[L, C, H]`."""
     v = vectors.to(torch.float32)
     positions, scores = [], []
     for index, acts in source.iter(rows):
-        scores.append(torch.einsum("blh,lch->blc", acts.to(v.device, torch.float32), v)
-                      .double().cpu().numpy())
+        scores.append(
+            torch.einsum("blh,lch->blc", acts.to(v.device, torch.float32), v).double().cpu().numpy()
+        )
         positions.append(index)
     if not scores:
         return np.zeros(0, dtype=int), np.zeros((0, v.shape[0], v.shape[1]))
@@ -278,8 +286,7 @@ class Quality:
 
     @property
     def mean_per_layer(self) -> list[float | None]:
-        return [_num(np.nanmean(col)) if not np.all(np.isnan(col)) else None
-                for col in self.auroc]
+        return [_num(np.nanmean(col)) if not np.all(np.isnan(col)) else None for col in self.auroc]
 
     @property
     def best_layer_index(self) -> list[int | None]:
@@ -296,30 +303,38 @@ class Quality:
         for c, concept in enumerate(self.concepts):
             n, f = self.counts[concept], []
             if min(n["train_positive"], n["train_negative"]) < t.min_train:
-                f.append(f"few training examples ({n['train_positive']} positive, "
-                         f"{n['train_negative']} negative; fewer than {t.min_train})")
+                f.append(
+                    f"few training examples ({n['train_positive']} positive, "
+                    f"{n['train_negative']} negative; fewer than {t.min_train})"
+                )
             if min(n["heldout_positive"], n["heldout_negative"]) == 0:
                 f.append("no held-out positives or negatives: AUROC not measured")
             elif min(n["heldout_positive"], n["heldout_negative"]) < t.min_heldout:
-                f.append(f"few held-out examples ({n['heldout_positive']} positive, "
-                         f"{n['heldout_negative']} negative): AUROC is noisy")
+                f.append(
+                    f"few held-out examples ({n['heldout_positive']} positive, "
+                    f"{n['heldout_negative']} negative): AUROC is noisy"
+                )
             if best[c] is not None:
                 top = float(self.auroc[best[c], c])
                 if top < 0.5:
                     f.append(f"reads backwards: best held-out AUROC {top:.3f} < 0.5")
                 elif top < t.weak_auroc:
                     f.append(f"weak: best held-out AUROC {top:.3f} < {t.weak_auroc}")
-            redundant = [self.layers[j] for j in range(len(self.layers))
-                         if self.ridge_r2[j, c] > REDUNDANT_R2]
+            redundant = [
+                self.layers[j]
+                for j in range(len(self.layers))
+                if self.ridge_r2[j, c] > REDUNDANT_R2
+            ]
             if redundant:
-                f.append(f"redundant at layers {redundant}: the other concepts reproduce "
-                         f"its vector (ridge R² > {REDUNDANT_R2})")
+                f.append(
+                    f"redundant at layers {redundant}: the other concepts reproduce "
+                    f"its vector (ridge R² > {REDUNDANT_R2})"
+                )
             out[concept] = f
         return out
 
     def warnings(self) -> list[str]:
-        return [f"{concept}: {line}" for concept, lines in self.flags().items()
-                for line in lines]
+        return [f"{concept}: {line}" for concept, lines in self.flags().items() for line in lines]
 
     def to_json(self) -> dict[str, Any]:
         """The quality.json document (NaN becomes null)."""
@@ -327,14 +342,15 @@ class Quality:
         flags = self.flags()
         per_concept = {}
         for c, concept in enumerate(self.concepts):
+            b = best[c]
             per_concept[concept] = {
                 "counts": self.counts[concept],
                 "auroc": _nums(self.auroc[:, c]),
                 "cohens_d": _nums(self.cohens_d[:, c]),
                 "coherence": _nums(self.coherence[:, c]),
                 "coherence_examples": self.coherence_examples[c],
-                "best_layer": None if best[c] is None else self.layers[best[c]],
-                "best_auroc": None if best[c] is None else _num(self.auroc[best[c], c]),
+                "best_layer": None if b is None else self.layers[b],
+                "best_auroc": None if b is None else _num(float(self.auroc[b, c])),
                 "crosstalk": [self._crosstalk(j, c) for j in range(len(self.layers))],
                 "flags": flags[concept],
             }
@@ -345,18 +361,28 @@ class Quality:
             "layers": list(self.layers),
             "mean_auroc_per_layer": self.mean_per_layer,
             "recommended_layers": self.recommended,
-            "recommendation_rule": (f"the best layer on average, then layers added greedily "
-                                    f"until every concept is within {LAYER_TOLERANCE} AUROC "
-                                    "of its own best layer"),
-            "settings": {"ridge_lambda": RIDGE_LAMBDA, "redundant_r2": REDUNDANT_R2,
-                         "min_train": self.thresholds.min_train,
-                         "min_heldout": self.thresholds.min_heldout,
-                         "weak_auroc": self.thresholds.weak_auroc},
+            "recommendation_rule": (
+                f"the best layer on average, then layers added greedily "
+                f"until every concept is within {LAYER_TOLERANCE} AUROC "
+                "of its own best layer"
+            ),
+            "settings": {
+                "ridge_lambda": RIDGE_LAMBDA,
+                "redundant_r2": REDUNDANT_R2,
+                "min_train": self.thresholds.min_train,
+                "min_heldout": self.thresholds.min_heldout,
+                "weak_auroc": self.thresholds.weak_auroc,
+            },
             "per_concept": per_concept,
             "cosine": [[_nums(row) for row in m] for m in self.cosine],
-            "pca_map": [{"layer": layer, "coords": [_nums(p) for p in self.pca_coords[j]],
-                         "explained": _nums(self.pca_explained[j])}
-                        for j, layer in enumerate(self.layers)],
+            "pca_map": [
+                {
+                    "layer": layer,
+                    "coords": [_nums(p) for p in self.pca_coords[j]],
+                    "explained": _nums(self.pca_explained[j]),
+                }
+                for j, layer in enumerate(self.layers)
+            ],
             "warnings": self.warnings(),
         }
 
@@ -370,8 +396,9 @@ class Quality:
             "layer": self.layers[j],
             "r2": r2,
             "redundant": bool(r2 is not None and r2 > REDUNDANT_R2),
-            "contributors": [{"concept": self.concepts[k], "weight": _num(w[k])}
-                             for k in by_weight],
+            "contributors": [
+                {"concept": self.concepts[k], "weight": _num(w[k])} for k in by_weight
+            ],
             "nearest": [{"concept": self.concepts[k], "cosine": _num(cos[k])} for k in by_cos],
         }
 
@@ -402,10 +429,15 @@ def evaluate(
         atomic_write_json(out / "quality.json", q.to_json())
     """
     n_layers, n_concepts, _ = vectors.shape
-    if (n_layers, n_concepts) != (len(layers), len(concepts)) or train.shape != heldout.shape \
-            or train.shape[1] != n_concepts:
-        raise ConfigError(f"vectors {tuple(vectors.shape)} do not match {len(layers)} layers x "
-                          f"{len(concepts)} concepts / labels {train.shape} and {heldout.shape}")
+    if (
+        (n_layers, n_concepts) != (len(layers), len(concepts))
+        or train.shape != heldout.shape
+        or train.shape[1] != n_concepts
+    ):
+        raise ConfigError(
+            f"vectors {tuple(vectors.shape)} do not match {len(layers)} layers x "
+            f"{len(concepts)} concepts / labels {train.shape} and {heldout.shape}"
+        )
     rows = np.flatnonzero((heldout != 0).any(axis=1)).tolist()
     positions, scores = project(source, rows, vectors)
     au, d = separation(scores, heldout[positions])
@@ -415,22 +447,35 @@ def evaluate(
     maps = [pca_map(v[j]) for j in range(n_layers)]
     picks = coherence_rows(train, max_coherence)
     return Quality(
-        concepts=tuple(concepts), layers=tuple(int(x) for x in layers),
-        counts=_counts(concepts, train, heldout), auroc=au, cohens_d=d, cosine=cos,
-        ridge_r2=np.stack([r for r, _ in ridge]), ridge_weights=np.stack([w for _, w in ridge]),
+        concepts=tuple(concepts),
+        layers=tuple(int(x) for x in layers),
+        counts=_counts(concepts, train, heldout),
+        auroc=au,
+        cohens_d=d,
+        cosine=cos,
+        ridge_r2=np.stack([r for r, _ in ridge]),
+        ridge_weights=np.stack([w for _, w in ridge]),
         coherence=coherence(source, picks, n_layers),
         coherence_examples=tuple(len(p) for p in picks),
-        pca_coords=np.stack([m for m, _ in maps]), pca_explained=np.stack([e for _, e in maps]),
-        thresholds=thresholds or Thresholds(), info=dict(info or {}))
+        pca_coords=np.stack([m for m, _ in maps]),
+        pca_explained=np.stack([e for _, e in maps]),
+        thresholds=thresholds or Thresholds(),
+        info=dict(info or {}),
+    )
 
 
-def _counts(concepts: Sequence[str], train: np.ndarray, heldout: np.ndarray
-            ) -> dict[str, dict[str, int]]:
-    return {c: {"train_positive": int((train[:, j] == 1).sum()),
-                "train_negative": int((train[:, j] == -1).sum()),
-                "heldout_positive": int((heldout[:, j] == 1).sum()),
-                "heldout_negative": int((heldout[:, j] == -1).sum())}
-            for j, c in enumerate(concepts)}
+def _counts(
+    concepts: Sequence[str], train: np.ndarray, heldout: np.ndarray
+) -> dict[str, dict[str, int]]:
+    return {
+        c: {
+            "train_positive": int((train[:, j] == 1).sum()),
+            "train_negative": int((train[:, j] == -1).sum()),
+            "heldout_positive": int((heldout[:, j] == 1).sum()),
+            "heldout_negative": int((heldout[:, j] == -1).sum()),
+        }
+        for j, c in enumerate(concepts)
+    }
 
 
 def _num(x: float | np.floating[Any]) -> float | None:

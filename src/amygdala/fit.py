@@ -58,17 +58,26 @@ class Moments:
         def z(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=torch.float64, device=device)
 
-        return cls(count=z(), total=z(n_layers, hidden), outer=z(n_layers, hidden, hidden),
-                   norm2_x=z(n_layers, hidden), norm4=z(n_layers))
+        return cls(
+            count=z(),
+            total=z(n_layers, hidden),
+            outer=z(n_layers, hidden, hidden),
+            norm2_x=z(n_layers, hidden),
+            norm4=z(n_layers),
+        )
 
     def update(self, acts: Tensor, weights: Tensor | None = None) -> None:
         """Add a batch of pooled activations `[batch, L, H]` (optionally weighted `[batch]`)."""
         x = acts.to(self.outer.device, torch.float64)
         if x.shape[1:] != self.total.shape:
-            raise ValueError(f"acts {tuple(acts.shape)} do not fit moments of shape "
-                             f"{tuple(self.total.shape)}")
-        w = (torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if weights is None
-             else weights.to(x.device, torch.float64))
+            raise ValueError(
+                f"acts {tuple(acts.shape)} do not fit moments of shape {tuple(self.total.shape)}"
+            )
+        w = (
+            torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+            if weights is None
+            else weights.to(x.device, torch.float64)
+        )
         q = (x * x).sum(-1)  # [B, L]
         self.count += w.sum()
         self.total += torch.einsum("b,blh->lh", w, x)
@@ -108,15 +117,21 @@ class Moments:
         # Σ‖x-μ‖⁴ = Σq² - 4μᵀΣ(q·x) + 4μᵀ(Σxxᵀ)μ + 2m·Σq - 3n·m²   (q = ‖x‖², Σμᵀx = n·m)
         sum_q = torch.diagonal(self.outer, dim1=1, dim2=2).sum(-1)
         mu_outer_mu = torch.einsum("lh,lhk,lk->l", mu, self.outer, mu)
-        quartic = (self.norm4 - 4 * (mu * self.norm2_x).sum(-1) + 4 * mu_outer_mu
-                   + 2 * m * sum_q - 3 * n * m * m)
+        quartic = (
+            self.norm4
+            - 4 * (mu * self.norm2_x).sum(-1)
+            + 4 * mu_outer_mu
+            + 2 * m * sum_q
+            - 3 * n * m * m
+        )
         trace = torch.diagonal(cov, dim1=1, dim2=2).sum(-1)
         target = trace / hidden  # [L]
         frob2 = (cov * cov).sum((1, 2))
         beta = ((quartic / n - frob2) / (hidden * n)).clamp_min(0)
         delta = (frob2 - 2 * target * trace + hidden * target * target) / hidden
-        shrink = torch.where(delta > 0, torch.minimum(beta, delta) / delta.clamp_min(1e-300),
-                             torch.zeros_like(delta))
+        shrink = torch.where(
+            delta > 0, torch.minimum(beta, delta) / delta.clamp_min(1e-300), torch.zeros_like(delta)
+        )
         return shrink_to_identity(cov, shrink), shrink
 
 
@@ -134,12 +149,14 @@ class WithinScatter:
     pos_count: Tensor  # [C] float64
 
     @classmethod
-    def zeros(cls, n_layers: int, n_concepts: int, hidden: int,
-              device: torch.device | str = "cpu") -> WithinScatter:
-        return cls(Moments.zeros(n_layers, hidden, device),
-                   torch.zeros((n_layers, n_concepts, hidden), dtype=torch.float64,
-                               device=device),
-                   torch.zeros(n_concepts, dtype=torch.float64, device=device))
+    def zeros(
+        cls, n_layers: int, n_concepts: int, hidden: int, device: torch.device | str = "cpu"
+    ) -> WithinScatter:
+        return cls(
+            Moments.zeros(n_layers, hidden, device),
+            torch.zeros((n_layers, n_concepts, hidden), dtype=torch.float64, device=device),
+            torch.zeros(n_concepts, dtype=torch.float64, device=device),
+        )
 
     def update(self, labels: Tensor, acts: Tensor) -> None:
         pos = (labels == 1).to(self.pos_total.device, torch.float64)  # [B, C]
@@ -197,9 +214,15 @@ class ConceptStats:
     rows: RowPasses | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def zeros(cls, n_layers: int, n_concepts: int, hidden: int,
-              device: torch.device | str = "cpu", *, needs: frozenset[Need] = frozenset()
-              ) -> ConceptStats:
+    def zeros(
+        cls,
+        n_layers: int,
+        n_concepts: int,
+        hidden: int,
+        device: torch.device | str = "cpu",
+        *,
+        needs: frozenset[Need] = frozenset(),
+    ) -> ConceptStats:
         """Empty sums; `needs` (see `method_needs`) adds the optional accumulators."""
         shape = (n_layers, n_concepts, hidden)
         return cls(
@@ -208,8 +231,11 @@ class ConceptStats:
             pos_count=torch.zeros(n_concepts, dtype=torch.long, device=device),
             neg_count=torch.zeros(n_concepts, dtype=torch.long, device=device),
             moments=Moments.zeros(n_layers, hidden, device) if "moments" in needs else None,
-            within=(WithinScatter.zeros(n_layers, n_concepts, hidden, device)
-                    if "within" in needs else None),
+            within=(
+                WithinScatter.zeros(n_layers, n_concepts, hidden, device)
+                if "within" in needs
+                else None
+            ),
         )
 
     def update(self, labels: Tensor, acts: Tensor) -> None:
@@ -219,9 +245,13 @@ class ConceptStats:
         a positive or a negative for.
         """
         if acts.shape[1:] != self.pos_sum.shape[::2] or labels.shape != (
-                acts.shape[0], self.pos_sum.shape[1]):
-            raise ValueError(f"labels {tuple(labels.shape)} / acts {tuple(acts.shape)} do not "
-                             f"fit stats of shape {tuple(self.pos_sum.shape)}")
+            acts.shape[0],
+            self.pos_sum.shape[1],
+        ):
+            raise ValueError(
+                f"labels {tuple(labels.shape)} / acts {tuple(acts.shape)} do not "
+                f"fit stats of shape {tuple(self.pos_sum.shape)}"
+            )
         pos = (labels == 1).to(acts.dtype)
         neg = (labels == -1).to(acts.dtype)
         self.pos_sum += torch.einsum("bc,blh->lch", pos, acts)
@@ -235,8 +265,10 @@ class ConceptStats:
 
     def tensors(self) -> list[Tensor]:
         """Every accumulator, in a fixed order (to add across processes in place)."""
-        extra = [*(self.moments.tensors() if self.moments is not None else []),
-                 *(self.within.tensors() if self.within is not None else [])]
+        extra = [
+            *(self.moments.tensors() if self.moments is not None else []),
+            *(self.within.tensors() if self.within is not None else []),
+        ]
         return [self.pos_sum, self.neg_sum, self.pos_count, self.neg_count, *extra]
 
     def merge(self, other: ConceptStats) -> None:
@@ -315,8 +347,10 @@ def whitened(stats: ConceptStats) -> Tensor:
     plus one Cholesky per layer.
     """
     if stats.within is None:
-        raise ConfigError("method whitened needs the pooled within-concept scatter; build "
-                          "the stats with ConceptStats.zeros(..., needs=method_needs('whitened'))")
+        raise ConfigError(
+            "method whitened needs the pooled within-concept scatter; build "
+            "the stats with ConceptStats.zeros(..., needs=method_needs('whitened'))"
+        )
     cov = stats.within.covariance()
     s = whitening_shrinkage(stats.within.dof, cov.shape[-1])
     shrink = torch.full((cov.shape[0],), s, dtype=cov.dtype, device=cov.device)
@@ -338,8 +372,10 @@ def whitened_lw(stats: ConceptStats) -> Tensor:
     Cost: one streaming pass; `L·H²` float64 memory plus one Cholesky per layer.
     """
     if stats.moments is None or float(stats.moments.count) < 2:
-        raise ConfigError("method whitened_lw needs the pooled second moments; build the "
-                          "stats with ConceptStats.zeros(..., needs=method_needs('whitened_lw'))")
+        raise ConfigError(
+            "method whitened_lw needs the pooled second moments; build the "
+            "stats with ConceptStats.zeros(..., needs=method_needs('whitened_lw'))"
+        )
     cov, _ = stats.moments.ledoit_wolf()
     pos, neg = stats.means()
     return unit_rows(whiten(pos.double() - neg.double(), cov))
@@ -347,13 +383,14 @@ def whitened_lw(stats: ConceptStats) -> Tensor:
 
 def require_rows(stats: ConceptStats, method: str) -> RowPasses:
     if stats.rows is None:
-        raise ConfigError(f"method {method} makes its own passes over the stored activations; "
-                          "set ConceptStats.rows (train() does)")
+        raise ConfigError(
+            f"method {method} makes its own passes over the stored activations; "
+            "set ConceptStats.rows (train() does)"
+        )
     return stats.rows
 
 
-def pca(stats: ConceptStats, *, rank: int = 3, max_passes: int = 100, tol: float = 1e-12
-        ) -> Tensor:
+def pca(stats: ConceptStats, *, rank: int = 3, max_passes: int = 100, tol: float = 1e-12) -> Tensor:
     """First principal component of the matched differences `x_i - μ₋` over a concept's
     positives (uncentered), signed to agree with the difference of means.
 
@@ -384,8 +421,9 @@ def _initial_basis(diff: Tensor, rank: int) -> Tensor:
     n_layers, n_concepts, hidden = diff.shape
     k = max(1, min(rank, hidden))
     gen = torch.Generator().manual_seed(0)
-    extra = torch.randn((n_layers, n_concepts, hidden, k - 1), generator=gen,
-                        dtype=torch.float64).to(diff.device)
+    extra = torch.randn(
+        (n_layers, n_concepts, hidden, k - 1), generator=gen, dtype=torch.float64
+    ).to(diff.device)
     q, _ = torch.linalg.qr(torch.cat([diff[..., None], extra], dim=-1))
     return q
 
@@ -438,20 +476,27 @@ def _probe_layer(x: Tensor, labels: Tensor, l2: float, max_iter: int) -> Tensor:
     per_concept = mask.sum(0).clamp_min(1)
     weight = torch.zeros((x.shape[1], labels.shape[1]), dtype=z.dtype, requires_grad=True)
     bias = torch.zeros(labels.shape[1], dtype=z.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
         logits = z @ weight + bias
-        loss_each = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, target, reduction="none") * mask
+        loss_each = (
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            * mask
+        )
         loss = (loss_each.sum(0) / per_concept).sum() + l2 / 2 * (weight * weight).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)  # type: ignore[no-untyped-call]
+        opt.step(closure)
     return (weight.detach() / std[:, None]).T
 
 
@@ -486,7 +531,8 @@ def get_method(name: str) -> FitMethod:
 def method_needs(name: str) -> frozenset[Need]:
     """The accumulators and passes `name` needs: `means` always, plus `METHOD_NEEDS`."""
     get_method(name)
-    return frozenset({"means"}) | METHOD_NEEDS.get(name, frozenset())
+    means: frozenset[Need] = frozenset({"means"})
+    return means | METHOD_NEEDS.get(name, frozenset())
 
 
 def neutral_basis(neutral: Moments, share: float) -> list[Tensor]:

@@ -85,24 +85,38 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tupl
     corpus = _heldout_corpus(config.training_data_dir, art.concepts)
     train_config = _capture_config(config, art.manifest, art.layers)
     if lm is None:
-        lm = load_model(train_config.model, device=config.device, dtype=train_config.dtype,
-                        revision=train_config.revision, blocks_path=train_config.blocks_path,
-                        trust_remote_code=config.trust_remote_code)
+        lm = load_model(
+            train_config.model,
+            device=config.device,
+            dtype=train_config.dtype,
+            revision=train_config.revision,
+            blocks_path=train_config.blocks_path,
+            trust_remote_code=config.trust_remote_code,
+        )
     if lm.hidden_size != art.manifest["hidden_size"] or max(art.layers) >= lm.n_layers:
-        raise ConfigError(f"{config.vectors} was trained for hidden size "
-                          f"{art.manifest['hidden_size']} and layers {art.layers}, but "
-                          f"{train_config.model} has hidden size {lm.hidden_size} and "
-                          f"{lm.n_layers} blocks; pass the artifact's model with --model")
+        raise ConfigError(
+            f"{config.vectors} was trained for hidden size "
+            f"{art.manifest['hidden_size']} and layers {art.layers}, but "
+            f"{train_config.model} has hidden size {lm.hidden_size} and "
+            f"{lm.n_layers} blocks; pass the artifact's model with --model"
+        )
     heldout = [i for i in range(len(corpus.texts)) if (corpus.heldout[i] != 0).any()]
     picks = coherence_rows(corpus.train, config.max_coherence)
     needed = sorted(set(heldout) | {r for rows in picks for r in rows})
     with open_store(train_config, capture_fingerprint(train_config, lm, art.layers)) as store:
         acts = Activations(store, [text_hash(t) for t in corpus.texts])
         capture_missing(lm, corpus.texts, acts, art.layers, train_config, needed)
-        quality = evaluate(art.stacked(), art.concepts, art.layers, acts, corpus.train,
-                           corpus.heldout, thresholds=config.thresholds,
-                           max_coherence=config.max_coherence,
-                           info=quality_info(art.manifest, config.vectors))
+        quality = evaluate(
+            art.stacked(),
+            art.concepts,
+            art.layers,
+            acts,
+            corpus.train,
+            corpus.heldout,
+            thresholds=config.thresholds,
+            max_coherence=config.max_coherence,
+            info=quality_info(art.manifest, config.vectors),
+        )
     return write_report(quality, config.output_dir)
 
 
@@ -112,13 +126,17 @@ def _heldout_corpus(path: Path, concepts: list[str]) -> Any:
     corpus = load_corpus(path)
     missing = [c for c in concepts if c not in corpus.concepts]
     if missing:
-        raise CorpusError(f"{path} has no examples of {missing}, which the artifact holds; "
-                          "pass the training data the vectors were trained on")
+        raise CorpusError(
+            f"{path} has no examples of {missing}, which the artifact holds; "
+            "pass the training data the vectors were trained on"
+        )
     corpus = corpus.select(concepts)
     if not (corpus.heldout != 0).any():
-        raise CorpusError(f"{path} has no held-out rows (split \"heldout\"); evaluation "
-                          "needs texts the vectors were not trained on: extract the training "
-                          "data with a held-out share, or add rows with \"split\": \"heldout\"")
+        raise CorpusError(
+            f'{path} has no held-out rows (split "heldout"); evaluation '
+            "needs texts the vectors were not trained on: extract the training "
+            'data with a held-out share, or add rows with "split": "heldout"'
+        )
     return corpus
 
 
@@ -132,16 +150,23 @@ def _capture_config(config: ReportConfig, manifest: dict[str, Any], layers: list
     dtype = config.dtype or _DTYPE_FLAGS.get(str(manifest.get("model_dtype")), "auto")
     same = model == manifest.get("model")  # the manifest's revision and blocks fit its model
     return TrainConfig(
-        model=model, training_data_dir=config.training_data_dir,
+        model=model,
+        training_data_dir=config.training_data_dir,
         output=config.output_dir / "readout.safetensors",
         target_layers=",".join(str(x) for x in layers),
-        pooling=manifest.get("pooling", "mean"), pool_start=int(manifest.get("pool_start", 0)),
-        max_length=int(manifest.get("max_length", 512)), dtype=dtype,
-        batch_size=config.batch_size, device=config.device,
+        pooling=manifest.get("pooling", "mean"),
+        pool_start=int(manifest.get("pool_start", 0)),
+        max_length=int(manifest.get("max_length", 512)),
+        dtype=dtype,
+        batch_size=config.batch_size,
+        device=config.device,
         revision=config.revision or (manifest.get("model_revision") if same else None),
         blocks_path=config.blocks_path or (manifest.get("blocks_path") if same else None),
-        trust_remote_code=config.trust_remote_code, progress=config.progress,
-        cache_dir=config.cache_dir, no_cache=config.no_cache)
+        trust_remote_code=config.trust_remote_code,
+        progress=config.progress,
+        cache_dir=config.cache_dir,
+        no_cache=config.no_cache,
+    )
 
 
 def _esc(x: object) -> str:
@@ -158,8 +183,13 @@ def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
     return f"#{r:02x}{g:02x}{bl:02x}"
 
 
-WHITE, GREEN, RED, BLUE, GREY = (255, 255, 255), (0, 109, 44), (203, 24, 29), (33, 102, 172), \
-    (220, 220, 220)
+WHITE, GREEN, RED, BLUE, GREY = (
+    (255, 255, 255),
+    (0, 109, 44),
+    (203, 24, 29),
+    (33, 102, 172),
+    (220, 220, 220),
+)
 
 
 def auroc_color(x: float | None) -> str:
@@ -176,38 +206,56 @@ def cosine_color(x: float | None) -> str:
     return _mix(WHITE, RED, x) if x >= 0 else _mix(WHITE, BLUE, -x)
 
 
-def heatmap_svg(rows: Sequence[str], cols: Sequence[str], values: Sequence[Sequence[float | None]],
-                color: Callable[[float | None], str], *, css_class: str, title: str,
-                show_values: bool = True) -> str:
+def heatmap_svg(
+    rows: Sequence[str],
+    cols: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    color: Callable[[float | None], str],
+    *,
+    css_class: str,
+    title: str,
+    show_values: bool = True,
+) -> str:
     """An SVG heatmap: `values[i][j]` for row label i and column label j, with tooltips."""
     longest = max((len(c) for c in cols), default=1)
     top = 14 + 6 * longest  # column labels are rotated by 60°
     width, height = LABEL_W + CELL * len(cols) + 4 + 4 * longest, top + CELL * len(rows) + 4
-    parts = [f'<svg class="{css_class}" width="{width}" '
-             f'height="{height}" role="img" aria-label="{_esc(title)}">']
+    parts = [
+        f'<svg class="{css_class}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{_esc(title)}">'
+    ]
     for j, col in enumerate(cols):
         x = LABEL_W + CELL * j + CELL / 2
-        parts.append(f'<text class="col" x="{x}" y="{top - 4}" transform="rotate(-60 {x} '
-                     f'{top - 4})">{_esc(col)}</text>')
+        parts.append(
+            f'<text class="col" x="{x}" y="{top - 4}" transform="rotate(-60 {x} '
+            f'{top - 4})">{_esc(col)}</text>'
+        )
     for i, row in enumerate(rows):
         y = top + CELL * i
-        parts.append(f'<text class="row" x="{LABEL_W - 4}" y="{y + CELL * 0.7}" '
-                     f'text-anchor="end">{_esc(row)}</text>')
+        parts.append(
+            f'<text class="row" x="{LABEL_W - 4}" y="{y + CELL * 0.7}" '
+            f'text-anchor="end">{_esc(row)}</text>'
+        )
         for j, col in enumerate(cols):
             v = values[i][j]
-            parts.append(f'<rect x="{LABEL_W + CELL * j}" y="{y}" width="{CELL}" '
-                         f'height="{CELL}" fill="{color(v)}"><title>{_esc(row)} × '
-                         f'{_esc(col)}: {_fmt(v)}</title></rect>')
+            parts.append(
+                f'<rect x="{LABEL_W + CELL * j}" y="{y}" width="{CELL}" '
+                f'height="{CELL}" fill="{color(v)}"><title>{_esc(row)} × '
+                f"{_esc(col)}: {_fmt(v)}</title></rect>"
+            )
             if show_values and v is not None:
-                parts.append(f'<text class="val" x="{LABEL_W + CELL * j + CELL / 2}" '
-                             f'y="{y + CELL * 0.68}" text-anchor="middle">'
-                             f'{round(v * 100):d}</text>')
+                parts.append(
+                    f'<text class="val" x="{LABEL_W + CELL * j + CELL / 2}" '
+                    f'y="{y + CELL * 0.68}" text-anchor="middle">'
+                    f"{round(v * 100):d}</text>"
+                )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def scatter_svg(labels: Sequence[str], coords: Sequence[Sequence[float | None]], *,
-                title: str, size: int = 460) -> str:
+def scatter_svg(
+    labels: Sequence[str], coords: Sequence[Sequence[float | None]], *, title: str, size: int = 460
+) -> str:
     """A labeled 2-D scatter of the concept vectors' PCA coordinates."""
     pts = [(float(x or 0.0), float(y or 0.0)) for x, y in coords]
     span = max([abs(v) for p in pts for v in p] + [1e-12])
@@ -217,33 +265,42 @@ def scatter_svg(labels: Sequence[str], coords: Sequence[Sequence[float | None]],
         t = (v / span + 1) / 2
         return pad + (1 - t if flip else t) * (size - 2 * pad)
 
-    parts = [f'<svg class="pca-map" width="{size}" '
-             f'height="{size}" role="img" aria-label="{_esc(title)}">',
-             f'<line x1="{pad}" y1="{size / 2}" x2="{size - pad}" y2="{size / 2}" class="axis"/>',
-             f'<line x1="{size / 2}" y1="{pad}" x2="{size / 2}" y2="{size - pad}" class="axis"/>']
+    parts = [
+        f'<svg class="pca-map" width="{size}" '
+        f'height="{size}" role="img" aria-label="{_esc(title)}">',
+        f'<line x1="{pad}" y1="{size / 2}" x2="{size - pad}" y2="{size / 2}" class="axis"/>',
+        f'<line x1="{size / 2}" y1="{pad}" x2="{size / 2}" y2="{size - pad}" class="axis"/>',
+    ]
     for name, (x, y) in zip(labels, pts):
         cx, cy = pos(x), pos(y, flip=True)
-        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4"><title>{_esc(name)}</title>'
-                     f'</circle><text class="pt" x="{cx + 6:.1f}" y="{cy + 4:.1f}">'
-                     f'{_esc(name)}</text>')
+        parts.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4"><title>{_esc(name)}</title>'
+            f'</circle><text class="pt" x="{cx + 6:.1f}" y="{cy + 4:.1f}">'
+            f"{_esc(name)}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def bars_svg(labels: Sequence[str], values: Sequence[float | None], highlight: Sequence[str]
-             ) -> str:
+def bars_svg(
+    labels: Sequence[str], values: Sequence[float | None], highlight: Sequence[str]
+) -> str:
     """Horizontal bars of the mean AUROC per layer (0.5 … 1.0), recommended layers bold."""
     width, bar_h = 420, 20
-    parts = [f'<svg class="layer-bars" width="{width}" '
-             f'height="{bar_h * len(labels) + 8}" role="img" aria-label="mean AUROC per layer">']
+    parts = [
+        f'<svg class="layer-bars" width="{width}" '
+        f'height="{bar_h * len(labels) + 8}" role="img" aria-label="mean AUROC per layer">'
+    ]
     for i, (name, v) in enumerate(zip(labels, values)):
         y = 4 + i * bar_h
         length = 0 if v is None else max(0.0, (v - 0.5) / 0.5) * (width - 160)
         weight = ' font-weight="bold"' if name in highlight else ""
-        parts.append(f'<text x="70" y="{y + 14}" text-anchor="end"{weight}>layer {_esc(name)}'
-                     f'</text><rect x="76" y="{y + 3}" width="{length:.1f}" height="{bar_h - 6}"'
-                     f' fill="{auroc_color(v)}" stroke="#555"/><text x="{80 + length:.1f}" '
-                     f'y="{y + 14}">{_fmt(v)}</text>')
+        parts.append(
+            f'<text x="70" y="{y + 14}" text-anchor="end"{weight}>layer {_esc(name)}'
+            f'</text><rect x="76" y="{y + 3}" width="{length:.1f}" height="{bar_h - 6}"'
+            f' fill="{auroc_color(v)}" stroke="#555"/><text x="{80 + length:.1f}" '
+            f'y="{y + 14}">{_fmt(v)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -276,72 +333,106 @@ def render_html(doc: dict[str, Any]) -> str:
         _warnings_section(doc),
     ]
     title = f"amygdala quality report — {len(concepts)} concepts × {len(layers)} layers"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
-            f"<h1>{_esc(title)}</h1>" + "".join(sections) + "</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{_esc(title)}</h1>" + "".join(sections) + "</body></html>\n"
+    )
 
 
 def _summary(doc: dict[str, Any], layers: list[str], best_mean: int) -> str:
-    meta = [(k, doc[k]) for k in ("model", "method", "pooling", "training_data", "vectors")
-            if doc.get(k) is not None]
+    meta = [
+        (k, doc[k])
+        for k in ("model", "method", "pooling", "training_data", "vectors")
+        if doc.get(k) is not None
+    ]
     rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in meta)
     rec = [str(x) for x in doc["recommended_layers"]]
-    return (f'<section id="summary"><table class="meta">{rows}</table>'
-            f"<p>Recommended layers: <b>{_esc(', '.join(rec) or 'none')}</b> "
-            f"({_esc(doc['recommendation_rule'])}). Best layer on average: "
-            f"<b>{_esc(layers[best_mean]) if layers else '–'}</b>.</p>"
-            f"<h2>Mean held-out AUROC per layer</h2>"
-            f"{bars_svg(layers, doc['mean_auroc_per_layer'], rec)}</section>")
+    return (
+        f'<section id="summary"><table class="meta">{rows}</table>'
+        f"<p>Recommended layers: <b>{_esc(', '.join(rec) or 'none')}</b> "
+        f"({_esc(doc['recommendation_rule'])}). Best layer on average: "
+        f"<b>{_esc(layers[best_mean]) if layers else '–'}</b>.</p>"
+        f"<h2>Mean held-out AUROC per layer</h2>"
+        f"{bars_svg(layers, doc['mean_auroc_per_layer'], rec)}</section>"
+    )
 
 
 def _auroc_section(doc: dict[str, Any], layers: list[str]) -> str:
     per = doc["per_concept"]
     values = [per[c]["auroc"] for c in doc["concepts"]]
-    svg = heatmap_svg(doc["concepts"], [f"layer {x}" for x in layers], values, auroc_color,
-                      css_class="auroc-heatmap", title="held-out AUROC, concept × layer")
-    return ('<section id="auroc"><h2>Held-out AUROC, concept × layer</h2><p>Projection of '
-            "held-out positives vs held-out negatives; numbers are AUROC × 100; white = chance "
-            f'(0.5), green = separates, red = reads backwards.</p><div class="scroll">{svg}'
-            "</div></section>")
+    svg = heatmap_svg(
+        doc["concepts"],
+        [f"layer {x}" for x in layers],
+        values,
+        auroc_color,
+        css_class="auroc-heatmap",
+        title="held-out AUROC, concept × layer",
+    )
+    return (
+        '<section id="auroc"><h2>Held-out AUROC, concept × layer</h2><p>Projection of '
+        "held-out positives vs held-out negatives; numbers are AUROC × 100; white = chance "
+        f'(0.5), green = separates, red = reads backwards.</p><div class="scroll">{svg}'
+        "</div></section>"
+    )
 
 
 def _crosstalk_section(doc: dict[str, Any], layers: list[str], best_mean: int) -> str:
     n = len(doc["concepts"])
-    show = (range(len(layers)) if n * n * len(layers) <= MAX_MATRIX_CELLS
-            else [best_mean])
+    show = range(len(layers)) if n * n * len(layers) <= MAX_MATRIX_CELLS else [best_mean]
     blocks = []
     for j in show:
-        svg = heatmap_svg(doc["concepts"], doc["concepts"], doc["cosine"][j], cosine_color,
-                          css_class="crosstalk-matrix", title=f"cosine between concepts, "
-                          f"layer {layers[j]}", show_values=n <= 30)
+        svg = heatmap_svg(
+            doc["concepts"],
+            doc["concepts"],
+            doc["cosine"][j],
+            cosine_color,
+            css_class="crosstalk-matrix",
+            title=f"cosine between concepts, layer {layers[j]}",
+            show_values=n <= 30,
+        )
         opened = " open" if j == best_mean else ""
-        blocks.append(f"<details{opened}><summary>layer {_esc(layers[j])}</summary>"
-                      f'<div class="scroll">{svg}</div></details>')
-    return ('<section id="crosstalk"><h2>Cross-talk: cosine between concept vectors</h2>'
-            "<p>Red = vectors point the same way (the readouts move together), blue = "
-            "opposite. Ridge R² per concept (λ = 0.01) is in the table below; above 0.9 the "
-            "other concepts reproduce the vector and it is flagged redundant.</p>"
-            + "".join(blocks) + "</section>")
+        blocks.append(
+            f"<details{opened}><summary>layer {_esc(layers[j])}</summary>"
+            f'<div class="scroll">{svg}</div></details>'
+        )
+    return (
+        '<section id="crosstalk"><h2>Cross-talk: cosine between concept vectors</h2>'
+        "<p>Red = vectors point the same way (the readouts move together), blue = "
+        "opposite. Ridge R² per concept (λ = 0.01) is in the table below; above 0.9 the "
+        "other concepts reproduce the vector and it is flagged redundant.</p>"
+        + "".join(blocks)
+        + "</section>"
+    )
 
 
 def _pca_section(doc: dict[str, Any], layers: list[str], best_mean: int) -> str:
     blocks = []
     for j, entry in enumerate(doc["pca_map"]):
         ex = entry["explained"]
-        svg = scatter_svg(doc["concepts"], entry["coords"],
-                          title=f"PCA of concept vectors, layer {entry['layer']}")
+        svg = scatter_svg(
+            doc["concepts"],
+            entry["coords"],
+            title=f"PCA of concept vectors, layer {entry['layer']}",
+        )
         opened = " open" if j == best_mean else ""
-        blocks.append(f"<details{opened}><summary>layer {_esc(entry['layer'])} (PC1 "
-                      f"{_fmt(ex[0])}, PC2 {_fmt(ex[1])} of the variance)</summary>{svg}"
-                      "</details>")
-    return ('<section id="pca"><h2>2-D PCA map of the concept vectors</h2><p>Concepts close '
-            "together have similar directions.</p>" + "".join(blocks) + "</section>")
+        blocks.append(
+            f"<details{opened}><summary>layer {_esc(entry['layer'])} (PC1 "
+            f"{_fmt(ex[0])}, PC2 {_fmt(ex[1])} of the variance)</summary>{svg}"
+            "</details>"
+        )
+    return (
+        '<section id="pca"><h2>2-D PCA map of the concept vectors</h2><p>Concepts close '
+        "together have similar directions.</p>" + "".join(blocks) + "</section>"
+    )
 
 
 def _table_section(doc: dict[str, Any]) -> str:
-    head = ("<tr><th>concept</th><th>train +</th><th>train −</th><th>held-out +</th>"
-            "<th>held-out −</th><th>best layer</th><th>AUROC</th><th>Cohen's d</th>"
-            "<th>coherence</th><th>ridge R²</th><th>nearest</th></tr>")
+    head = (
+        "<tr><th>concept</th><th>train +</th><th>train −</th><th>held-out +</th>"
+        "<th>held-out −</th><th>best layer</th><th>AUROC</th><th>Cohen's d</th>"
+        "<th>coherence</th><th>ridge R²</th><th>nearest</th></tr>"
+    )
     rows = []
     layers = doc["layers"]
     for c in doc["concepts"]:
@@ -353,18 +444,24 @@ def _table_section(doc: dict[str, Any]) -> str:
             return None if j is None else xs[j]
 
         ct = pick(p["crosstalk"])
-        near = ", ".join(f"{x['concept']} ({_fmt(x['cosine'], 2)})" for x in ct["nearest"]) \
-            if ct else ""
+        near = (
+            ", ".join(f"{x['concept']} ({_fmt(x['cosine'], 2)})" for x in ct["nearest"])
+            if ct
+            else ""
+        )
         rows.append(
             f'<tr><td class="name">{_esc(c)}</td><td>{n["train_positive"]}</td>'
-            f'<td>{n["train_negative"]}</td><td>{n["heldout_positive"]}</td>'
-            f'<td>{n["heldout_negative"]}</td><td>{_esc(p["best_layer"])}</td>'
-            f'<td>{_fmt(p["best_auroc"])}</td><td>{_fmt(pick(p["cohens_d"]), 2)}</td>'
-            f'<td>{_fmt(pick(p["coherence"]))}</td>'
-            f'<td>{_fmt(ct["r2"] if ct else None)}</td><td>{_esc(near)}</td></tr>')
-    return ('<section id="concepts"><h2>Counts and numbers per concept (at its best layer)'
-            f'</h2><div class="scroll"><table class="counts">{head}{"".join(rows)}</table>'
-            "</div></section>")
+            f"<td>{n['train_negative']}</td><td>{n['heldout_positive']}</td>"
+            f"<td>{n['heldout_negative']}</td><td>{_esc(p['best_layer'])}</td>"
+            f"<td>{_fmt(p['best_auroc'])}</td><td>{_fmt(pick(p['cohens_d']), 2)}</td>"
+            f"<td>{_fmt(pick(p['coherence']))}</td>"
+            f"<td>{_fmt(ct['r2'] if ct else None)}</td><td>{_esc(near)}</td></tr>"
+        )
+    return (
+        '<section id="concepts"><h2>Counts and numbers per concept (at its best layer)'
+        f'</h2><div class="scroll"><table class="counts">{head}{"".join(rows)}</table>'
+        "</div></section>"
+    )
 
 
 def _warnings_section(doc: dict[str, Any]) -> str:

@@ -26,40 +26,81 @@ right after training.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", type=Path, required=True, help="readout.safetensors")
-    parser.add_argument("--training-data-dir", type=Path, required=True,
-                        help="the training data the vectors came from; its held-out rows "
-                        "(split \"heldout\") are scored")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where quality.json and report.html go; by default the "
-                        "vectors' directory")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="the manifest; by default the vectors path with .json")
-    parser.add_argument("--model", default=None,
-                        help="model id or directory; by default the one in the manifest")
-    parser.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
-                        help="model compute dtype; by default the one training used")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N or mps; by default the best available")
-    parser.add_argument("--batch-size", type=int, default=16,
-                        help="texts per forward pass; default 16")
-    parser.add_argument("--revision", default=None,
-                        help="model revision; by default the one in the manifest")
-    parser.add_argument("--blocks-path", default=None,
-                        help="dotted path of the block list; by default the one in the manifest")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run custom model code from the model repository (off by default)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="activation store; by default $AMYGDALA_CACHE_DIR or "
-                        "~/.cache/amygdala/activations (the trainer's)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="capture into a temporary store removed afterwards")
-    parser.add_argument("--max-coherence", type=int, default=500,
-                        help="train positives per concept used for coherence; default 500")
-    parser.add_argument("--min-train", type=int, default=20,
-                        help="flag concepts with fewer train positives or negatives; default 20")
-    parser.add_argument("--min-heldout", type=int, default=10,
-                        help="flag concepts with fewer held-out positives or negatives; "
-                        "default 10")
+    parser.add_argument(
+        "--training-data-dir",
+        type=Path,
+        required=True,
+        help="the training data the vectors came from; its held-out rows "
+        '(split "heldout") are scored',
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where quality.json and report.html go; by default the vectors' directory",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="the manifest; by default the vectors path with .json",
+    )
+    parser.add_argument(
+        "--model", default=None, help="model id or directory; by default the one in the manifest"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["bf16", "fp16", "fp32"],
+        help="model compute dtype; by default the one training used",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="texts per forward pass; default 16"
+    )
+    parser.add_argument(
+        "--revision", default=None, help="model revision; by default the one in the manifest"
+    )
+    parser.add_argument(
+        "--blocks-path",
+        default=None,
+        help="dotted path of the block list; by default the one in the manifest",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code from the model repository (off by default)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="activation store; by default $AMYGDALA_CACHE_DIR or "
+        "~/.cache/amygdala/activations (the trainer's)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="capture into a temporary store removed afterwards"
+    )
+    parser.add_argument(
+        "--max-coherence",
+        type=int,
+        default=500,
+        help="train positives per concept used for coherence; default 500",
+    )
+    parser.add_argument(
+        "--min-train",
+        type=int,
+        default=20,
+        help="flag concepts with fewer train positives or negatives; default 20",
+    )
+    parser.add_argument(
+        "--min-heldout",
+        type=int,
+        default=10,
+        help="flag concepts with fewer held-out positives or negatives; default 10",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -72,13 +113,23 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     config = ReportConfig(
-        vectors=args.vectors, training_data_dir=args.training_data_dir,
-        output_dir=args.output_dir or args.vectors.parent, manifest=args.manifest,
-        model=args.model, dtype=args.dtype, device=args.device, revision=args.revision,
-        blocks_path=args.blocks_path, trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size, cache_dir=args.cache_dir, no_cache=args.no_cache,
-        progress=not args.no_progress, max_coherence=args.max_coherence,
-        thresholds=Thresholds(min_train=args.min_train, min_heldout=args.min_heldout))
+        vectors=args.vectors,
+        training_data_dir=args.training_data_dir,
+        output_dir=args.output_dir or args.vectors.parent,
+        manifest=args.manifest,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        blocks_path=args.blocks_path,
+        trust_remote_code=args.trust_remote_code,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        no_cache=args.no_cache,
+        progress=not args.no_progress,
+        max_coherence=args.max_coherence,
+        thresholds=Thresholds(min_train=args.min_train, min_heldout=args.min_heldout),
+    )
     json_path, html_path = report_artifact(config)
     _print_summary(json_path)
     print(f"wrote {json_path} and {html_path}", file=sys.stderr)
@@ -89,8 +140,10 @@ def _print_summary(json_path: Path) -> None:
     import json
 
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    means = ", ".join(f"{layer}: {'–' if m is None else f'{m:.3f}'}"
-                      for layer, m in zip(doc["layers"], doc["mean_auroc_per_layer"]))
+    means = ", ".join(
+        f"{layer}: {'–' if m is None else f'{m:.3f}'}"
+        for layer, m in zip(doc["layers"], doc["mean_auroc_per_layer"])
+    )
     print(f"mean held-out AUROC per layer: {means}")
     print(f"recommended layers: {doc['recommended_layers']}")
     for line in doc["warnings"]:
