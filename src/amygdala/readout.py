@@ -82,39 +82,47 @@ class Calibration:
 class Projector:
     """Turns recorded block outputs into `[positions, layers, concepts]` fp32 readouts.
 
-    All layers go through one batched matmul, so the cost per forward pass is one
-    `bmm` whatever the number of layers. z uses `1/std`, and a concept whose reference
-    std is 0 gets z = 0 (no spread to measure against).
+    Raw values and z-scores come out of ONE batched matmul over all layers:
+    `baddbmm(bias, hidden, [W | W/std])` gives `[raw | (raw - mean)/std]` side by side,
+    so a decode step pays one kernel whatever the number of layers, and a single
+    host copy. A concept whose reference std is 0 gets z = 0 (no spread to measure).
     """
 
     def __init__(self, artifact: Artifact, device: torch.device | str = "cpu") -> None:
         self.concepts: tuple[str, ...] = tuple(artifact.concepts)
         self.layers: tuple[int, ...] = tuple(artifact.layers)
-        # [L, H, C]: hidden [L, n, H] @ this -> [L, n, C]
-        self.weight_t = artifact.stacked(torch.float32).transpose(1, 2).contiguous().to(device)
         self.calibration = Calibration.from_manifest(artifact.manifest)
-        self._mean: Tensor | None = None
-        self._inv_std: Tensor | None = None
+        weight_t = artifact.stacked(torch.float32).transpose(1, 2)  # [L, H, C]
+        bias = torch.zeros(len(self.layers), 1, len(self.concepts))
         if self.calibration is not None:
             std = self.calibration.std
-            self._mean = self.calibration.mean.to(device)
-            self._inv_std = torch.where(std > 0, 1.0 / std.clamp_min(1e-30),
-                                        torch.zeros_like(std)).to(device)
+            inv_std = torch.where(std > 0, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std))
+            weight_t = torch.cat([weight_t, weight_t * inv_std[:, None, :]], dim=2)
+            bias = torch.cat([bias, -(self.calibration.mean * inv_std)[:, None, :]], dim=2)
+        self._weight_t = weight_t.contiguous().to(device)  # [L, H, C] or [L, H, 2C]
+        self._bias = bias.to(device)
 
     @property
     def calibrated(self) -> bool:
         return self.calibration is not None
 
-    def project(self, hidden: Sequence[Tensor]) -> Tensor:
-        """`hidden[i]` is `[n, H]` for `self.layers[i]`; returns raw `[n, L, C]` fp32."""
-        stacked = torch.stack([h.to(self.weight_t.device) for h in hidden]).to(torch.float32)
-        return torch.bmm(stacked, self.weight_t).transpose(0, 1)
+    def project_fused(self, hidden: Sequence[Tensor]) -> Tensor:
+        """`hidden[i]` is `[n, H]` for `self.layers[i]`; returns `[n, L, C]` raw, or
+        `[n, L, 2C]` raw then z when calibrated (split with `split`)."""
+        device = self._weight_t.device
+        stacked = torch.stack([h.to(device) for h in hidden]).to(torch.float32)
+        return torch.baddbmm(self._bias, stacked, self._weight_t).transpose(0, 1)
 
-    def zscore(self, raw: Tensor) -> Tensor | None:
-        """z-scores of `raw` `[..., L, C]`, or None without calibration."""
-        if self._mean is None or self._inv_std is None:
-            return None
-        return (raw - self._mean) * self._inv_std
+    def split(self, fused: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`(raw, z or None)` from `project_fused`'s output."""
+        n = len(self.concepts)
+        if self.calibration is None:
+            return fused, None
+        return fused[..., :n], fused[..., n:]
+
+    def project(self, hidden: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """`(raw, z or None)`, each `[n, L, C]` fp32."""
+        return self.split(self.project_fused(hidden))
 
 
 class ResidualRecorder:
@@ -143,7 +151,7 @@ class ResidualRecorder:
         Example:
             with recorder.record(stop_after_deepest=True) as outs:
                 model(input_ids=ids)
-            raw = projector.project([o[0] for o in outs])  # batch row 0
+            raw, z = projector.project([o[0] for o in outs])  # batch row 0
         """
         found: dict[int, Tensor] = {}
         outs: list[Tensor] = []
@@ -299,8 +307,7 @@ def readout_ids(
     with torch.inference_mode():
         with recorder.record(stop_after_deepest=True) as outs:
             lm.model(**forward_kwargs(lm, input_ids, mask))
-        raw = projector.project([o[0] for o in outs])
-        z = projector.zscore(raw)
+        raw, z = projector.project([o[0] for o in outs])
     return Readout(tokens=token_strings(lm.tokenizer, ids), token_ids=tuple(int(i) for i in ids),
                    keep=tuple(bool(k) for k in keep), raw=raw.cpu(),
                    z=None if z is None else z.cpu(), concepts=projector.concepts,

@@ -365,7 +365,8 @@ class Engine:
 
     def forward(self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
                 ) -> tuple[Tensor | None, Tensor | None]:
-        """One forward pass of `ids` on `seq`'s cache: (last logits, readout [n, L, C])."""
+        """One forward pass of `ids` on `seq`'s cache: (last logits, fused readout
+        `[n, L, C or 2C]`, see `Projector.project_fused`)."""
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
             "past_key_values": seq.cache, "use_cache": True}
@@ -377,7 +378,7 @@ class Engine:
                 assert self.recorder is not None and self.projector is not None
                 with self.recorder.record(stop_after_deepest=not need_logits) as outs:
                     out = self.lm.model(**kwargs)
-                raw = self.projector.project([o[0] for o in outs])
+                raw = self.projector.project_fused([o[0] for o in outs])
             elif need_logits:
                 out = self.lm.model(**kwargs)
             if not need_logits:
@@ -385,21 +386,27 @@ class Engine:
             seq.cache = out.past_key_values
             return out.logits[0, -1].float(), raw
 
-    def prompt_event(self, req: GenerationRequest, raw: Tensor) -> PromptEvent:
+    def _lists(self, fused: Tensor) -> tuple[list[Any], list[Any] | None]:
+        """Raw and z as nested lists from one host copy of the fused projection."""
         assert self.projector is not None
-        z = self.projector.zscore(raw)
-        return PromptEvent(req.index, req.prompt_ids, raw.cpu().tolist(),
-                           None if z is None else z.cpu().tolist())
+        rows = fused.cpu().tolist()
+        if not self.projector.calibrated:
+            return rows, None
+        n = len(self.projector.concepts)
+        if fused.dim() == 2:  # [L, 2C]
+            return [r[:n] for r in rows], [r[n:] for r in rows]
+        return [[r[:n] for r in t] for t in rows], [[r[n:] for r in t] for t in rows]
 
-    def token_event(self, index: int, pending: _Pending, raw: Tensor | None) -> TokenEvent:
+    def prompt_event(self, req: GenerationRequest, fused: Tensor) -> PromptEvent:
+        raw, z = self._lists(fused)
+        return PromptEvent(req.index, req.prompt_ids, raw, z)
+
+    def token_event(self, index: int, pending: _Pending, fused: Tensor | None) -> TokenEvent:
         self.stats.tokens += 1
-        if raw is None:
+        if fused is None:
             return TokenEvent(index, pending.token_id, pending.text, None, None, pending.finish)
-        assert self.projector is not None
-        row = raw[-1]
-        z = self.projector.zscore(row)
-        return TokenEvent(index, pending.token_id, pending.text, row.cpu().tolist(),
-                          None if z is None else z.cpu().tolist(), pending.finish)
+        raw, z = self._lists(fused[-1])
+        return TokenEvent(index, pending.token_id, pending.text, raw, z, pending.finish)
 
     def _run(self) -> None:
         closing = False
