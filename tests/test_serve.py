@@ -267,6 +267,16 @@ def _health(url: str) -> dict[str, int]:
     return httpx.get(f"{url}/health", timeout=30).json()  # type: ignore[no-any-return]
 
 
+def _wait_until_idle(url: str, before: dict[str, int]) -> dict[str, int]:
+    """/health once a cancellation was counted and nothing runs (up to a minute)."""
+    for _ in range(600):  # the server notices on its next write or receive
+        now = _health(url)
+        if now["cancelled"] > before["cancelled"] and now["active"] == now["waiting"] == 0:
+            return now
+        threading.Event().wait(0.1)
+    return now
+
+
 def test_client_disconnect_frees_its_slot(url: str, lm: Any, artifact: Any) -> None:
     before = _health(url)
     with httpx.stream("POST", f"{url}/v1/completions", headers=AUTH, timeout=60,
@@ -277,17 +287,24 @@ def test_client_disconnect_frees_its_slot(url: str, lm: Any, artifact: Any) -> N
             got += line.startswith("data: ")
             if got == 3:
                 break  # leave mid-stream: closing the response drops the connection
-    for _ in range(600):  # the server notices on its next write; give it up to a minute
-        now = _health(url)
-        if now["cancelled"] > before["cancelled"] and now["active"] == 0:
-            break
-        threading.Event().wait(0.1)
+    now = _wait_until_idle(url, before)
     assert now["cancelled"] == before["cancelled"] + 1
     assert now["active"] == 0 and now["waiting"] == 0
     # and the server keeps serving others, with correct readouts
     chunks = stream(url, "/v1/completions", {"prompt": "We debugged", "max_tokens": 5, **GREEDY})
     assert_offline_parity(lm, artifact, lm.tokenizer("We debugged")["input_ids"],
                           token_choices(chunks))
+
+
+def test_client_leaving_a_non_streamed_request_cancels_it(url: str) -> None:
+    before = _health(url)
+    # 4 choices x 240 tokens: far longer than the client waits (0.2 s without a byte)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/completions", headers=AUTH, timeout=httpx.Timeout(30, read=0.2),
+                   json={"prompt": "We debugged", "max_tokens": 240, "n": 4, **GREEDY})
+    now = _wait_until_idle(url, before)
+    assert now["cancelled"] > before["cancelled"]
+    assert now["active"] == 0 and now["waiting"] == 0
 
 
 # ---- bad requests --------------------------------------------------------------------

@@ -325,10 +325,13 @@ def run(args: argparse.Namespace) -> int:
     with _cbreak() as keys, Live(render(state, title), console=console, screen=keys,
                                  auto_refresh=False, transient=False) as live:
         while True:
-            ready = (select.select([sys.stdin], [], [], 0.1)[0] if keys
-                     else (worker.join(0.1) or []))
-            if ready and not state.key(os.read(sys.stdin.fileno(), 1).decode(errors="ignore")):
-                break
+            if keys:
+                ready = select.select([sys.stdin], [], [], 0.1)[0]
+                key = os.read(sys.stdin.fileno(), 1).decode(errors="ignore") if ready else ""
+                if key and not state.key(key):
+                    break
+            else:
+                worker.join(0.1)
             live.update(render(state, title), refresh=True)
             if not worker.is_alive() and (args.exit_when_done or not keys):
                 break

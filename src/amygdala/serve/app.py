@@ -99,6 +99,12 @@ class _EventStream(StreamingResponse):
                 await aclose()
 
 
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body was already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
@@ -156,14 +162,14 @@ class Api:
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)
         parsed = parse_completion(body, self.engine.tokenizer, with_readout=self._readout_on)
-        return await self._answer(parsed)
+        return await self._answer(parsed, request)
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
         room = self.engine.max_positions
         parsed = parse_chat(body, self.engine.tokenizer, self.template,
                             with_readout=self._readout_on, default_max=room)
-        return await self._answer(parsed)
+        return await self._answer(parsed, request)
 
     @property
     def _readout_on(self) -> bool:
@@ -180,7 +186,7 @@ class Api:
                                f"{self.config.model_name!r}", "model", "model_not_found")
         return body
 
-    async def _answer(self, parsed: Parsed) -> Response:
+    async def _answer(self, parsed: Parsed, request: Request) -> Response:
         try:
             self.engine.check_prompt(parsed.prompt_ids)
         except ConfigError as exc:
@@ -188,6 +194,21 @@ class Api:
         builder = ResponseBuilder(parsed, self.config.model_name, self.token_text)
         if parsed.stream:
             return _EventStream(self._stream(parsed, builder))
+        work = asyncio.ensure_future(self._collect(parsed))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()  # a client that left cancels its sequences
+        if not work.done() or work.cancelled():
+            return Response(status_code=499)  # nobody is listening any more
+        tokens, prompts = work.result()
+        return JSONResponse(builder.final(tokens, prompts))
+
+    async def _collect(self, parsed: Parsed
+                       ) -> tuple[dict[int, list[TokenEvent]], dict[int, PromptEvent]]:
         tokens: dict[int, list[TokenEvent]] = {}
         prompts: dict[int, PromptEvent] = {}
         async for event in engine_events(self.engine, parsed.requests()):
@@ -197,7 +218,7 @@ class Api:
                 prompts[event.index] = event
             else:
                 tokens.setdefault(event.index, []).append(event)
-        return JSONResponse(builder.final(tokens, prompts))
+        return tokens, prompts
 
     async def _stream(self, parsed: Parsed, builder: ResponseBuilder) -> AsyncIterator[str]:
         started: set[int] = set()

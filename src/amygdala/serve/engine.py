@@ -412,9 +412,10 @@ class Engine:
         closing = False
         while not (closing and not self._active):
             closing = self._admit(block=not self._active) or closing
-            if closing:
-                for seq in self._waiting:
-                    seq.cancelled.set()
+            while closing and self._waiting:
+                seq = self._waiting.popleft()
+                seq.sink(ErrorEvent(seq.request.index, "the server is shutting down"))
+                self.stats.cancelled += 1
             for seq in list(self._active):
                 self._step(seq, closing)
         self.stats.active = 0

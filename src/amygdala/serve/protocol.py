@@ -35,7 +35,7 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 # Parameters whose non-default values we cannot honour: rejected, not ignored.
-_UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
                 "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
                 "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
                 "tools": (None, []), "response_format": (None, {"type": "text"})}
