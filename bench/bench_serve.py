@@ -45,12 +45,22 @@ class Setup:
     rounds: int = 5
 
     def describe(self) -> str:
-        return (f"random Llama, {self.layers} blocks, hidden {self.hidden}, vocab {self.vocab}; "
-                f"{self.prompt_tokens}-token prompt, {self.new_tokens} new tokens, greedy")
+        return (
+            f"random Llama, {self.layers} blocks, hidden {self.hidden}, vocab {self.vocab}; "
+            f"{self.prompt_tokens}-token prompt, {self.new_tokens} new tokens, greedy"
+        )
 
 
-QUICK = Setup(hidden=64, layers=4, heads=4, intermediate=128, vocab=500,
-              readout_layers=(0, 1, 2, 3), new_tokens=16, rounds=1)
+QUICK = Setup(
+    hidden=64,
+    layers=4,
+    heads=4,
+    intermediate=128,
+    vocab=500,
+    readout_layers=(0, 1, 2, 3),
+    new_tokens=16,
+    rounds=1,
+)
 
 
 def build_model(setup: Setup, directory: Path) -> Path:
@@ -59,18 +69,31 @@ def build_model(setup: Setup, directory: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-    config = LlamaConfig(hidden_size=setup.hidden, intermediate_size=setup.intermediate,
-                         num_hidden_layers=setup.layers, num_attention_heads=setup.heads,
-                         num_key_value_heads=setup.heads, vocab_size=setup.vocab,
-                         max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, architectures=["LlamaForCausalLM"])
+    config = LlamaConfig(
+        hidden_size=setup.hidden,
+        intermediate_size=setup.intermediate,
+        num_hidden_layers=setup.layers,
+        num_attention_heads=setup.heads,
+        num_key_value_heads=setup.heads,
+        vocab_size=setup.vocab,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        architectures=["LlamaForCausalLM"],
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, setup.vocab)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            pad_token="<pad>", unk_token="<unk>").save_pretrained(directory)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    ).save_pretrained(directory)
     return directory
 
 
@@ -82,13 +105,21 @@ def build_artifact(setup: Setup, directory: Path) -> Any:
 
     g = torch.Generator().manual_seed(0)
     n, shape = setup.concepts, (len(setup.readout_layers), setup.concepts)
-    vectors = {layer: torch.nn.functional.normalize(torch.randn(n, setup.hidden, generator=g),
-                                                    dim=-1) for layer in setup.readout_layers}
-    manifest = {"concepts": [f"concept_{i:03d}" for i in range(n)],
-                "layers": list(setup.readout_layers), "hidden_size": setup.hidden,
-                "dtype": "float16",
-                "calibration": {"reference": "negatives", "mean": torch.zeros(shape).tolist(),
-                                "std": torch.ones(shape).tolist()}}
+    vectors = {
+        layer: torch.nn.functional.normalize(torch.randn(n, setup.hidden, generator=g), dim=-1)
+        for layer in setup.readout_layers
+    }
+    manifest = {
+        "concepts": [f"concept_{i:03d}" for i in range(n)],
+        "layers": list(setup.readout_layers),
+        "hidden_size": setup.hidden,
+        "dtype": "float16",
+        "calibration": {
+            "reference": "negatives",
+            "mean": torch.zeros(shape).tolist(),
+            "std": torch.ones(shape).tolist(),
+        },
+    }
     path, _ = save_artifact(vectors, manifest, directory / "readout.safetensors")
     return load_artifact(path)
 
@@ -97,9 +128,11 @@ def timed_request(engine: Any, prompt: tuple[int, ...], setup: Setup, readout: b
     """Tokens/s of one whole greedy request (events consumed as the server consumes them)."""
     from amygdala.serve.engine import GenerationRequest, SamplingParams, TokenEvent
 
-    request = GenerationRequest(prompt, SamplingParams(max_tokens=setup.new_tokens,
-                                                       temperature=0, ignore_eos=True),
-                                readout=readout)
+    request = GenerationRequest(
+        prompt,
+        SamplingParams(max_tokens=setup.new_tokens, temperature=0, ignore_eos=True),
+        readout=readout,
+    )
     start = time.perf_counter()
     tokens = 0
     for event in engine.generate(request):
@@ -125,7 +158,9 @@ def measure(setup: Setup) -> dict[str, Any]:
         engine = Engine(lm, artifact, max_concurrency=1)
         engine.start()
         try:
-            prompt = tuple([1] + [4 + i % (setup.vocab - 4) for i in range(setup.prompt_tokens - 1)])
+            prompt = tuple(
+                [1] + [4 + i % (setup.vocab - 4) for i in range(setup.prompt_tokens - 1)]
+            )
             timed_request(engine, prompt, setup, True)  # warm-up: allocator, kernels
             timed_request(engine, prompt, setup, False)
             with_r, without = [], []
@@ -133,15 +168,23 @@ def measure(setup: Setup) -> dict[str, Any]:
                 order = (True, False) if round_ % 2 == 0 else (False, True)
                 for readout in order:
                     (with_r if readout else without).append(
-                        timed_request(engine, prompt, setup, readout))
+                        timed_request(engine, prompt, setup, readout)
+                    )
         finally:
             engine.close()
     on, off = statistics.median(with_r), statistics.median(without)
-    return {"benchmark": "serve decode", "model": setup.describe(),
-            "readout": f"{setup.concepts} concepts x {len(setup.readout_layers)} layers",
-            "torch_threads": torch.get_num_threads(), "rounds": setup.rounds,
-            "tok_s_without": round(off, 1), "tok_s_with": round(on, 1),
-            "ratio": round(on / off, 4), "goal": GOAL, "met": on / off >= GOAL}
+    return {
+        "benchmark": "serve decode",
+        "model": setup.describe(),
+        "readout": f"{setup.concepts} concepts x {len(setup.readout_layers)} layers",
+        "torch_threads": torch.get_num_threads(),
+        "rounds": setup.rounds,
+        "tok_s_without": round(off, 1),
+        "tok_s_with": round(on, 1),
+        "ratio": round(on / off, 4),
+        "goal": GOAL,
+        "met": on / off >= GOAL,
+    }
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -155,9 +198,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         verdict = "**met**" if r["met"] else "**missed**"
-        lines.append(f"| {r['model']} | {r['readout']} | {r['torch_threads']} | "
-                     f"{r['tok_s_without']:.1f} | {r['tok_s_with']:.1f} | "
-                     f"{r['ratio']:.1%} | ≥ {r['goal']:.0%}: {verdict} |")
+        lines.append(
+            f"| {r['model']} | {r['readout']} | {r['torch_threads']} | "
+            f"{r['tok_s_without']:.1f} | {r['tok_s_with']:.1f} | "
+            f"{r['ratio']:.1%} | ≥ {r['goal']:.0%}: {verdict} |"
+        )
     return "\n".join(lines)
 
 

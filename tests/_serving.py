@@ -21,24 +21,40 @@ import torch
 BANNER = re.compile(r"amygdala serve: .* on (http://\S+)")
 
 
-def random_artifact(model_dir: Path, out: Path, layers: Sequence[int], concepts: Sequence[str],
-                    *, hidden: int = 64, calibrated: bool = True, seed: int = 0) -> Path:
+def random_artifact(
+    model_dir: Path,
+    out: Path,
+    layers: Sequence[int],
+    concepts: Sequence[str],
+    *,
+    hidden: int = 64,
+    calibrated: bool = True,
+    seed: int = 0,
+) -> Path:
     """Random unit vectors (fp32) for `layers`, with a made-up calibration when asked."""
     from amygdala.artifact import save_artifact
 
     g = torch.Generator().manual_seed(seed)
-    vectors = {layer: torch.nn.functional.normalize(torch.randn(len(concepts), hidden,
-                                                                generator=g), dim=-1)
-               for layer in layers}
-    manifest: dict[str, object] = {"concepts": list(concepts), "layers": list(layers),
-                                   "hidden_size": hidden, "dtype": "float32",
-                                   "model": str(model_dir)}
+    vectors = {
+        layer: torch.nn.functional.normalize(
+            torch.randn(len(concepts), hidden, generator=g), dim=-1
+        )
+        for layer in layers
+    }
+    manifest: dict[str, object] = {
+        "concepts": list(concepts),
+        "layers": list(layers),
+        "hidden_size": hidden,
+        "dtype": "float32",
+        "model": str(model_dir),
+    }
     if calibrated:
         shape = (len(layers), len(concepts))
         manifest["calibration"] = {
             "reference": "negatives",
             "mean": (torch.randn(shape, generator=g) * 0.05).tolist(),
-            "std": (torch.rand(shape, generator=g) * 0.2 + 0.05).tolist()}
+            "std": (torch.rand(shape, generator=g) * 0.2 + 0.05).tolist(),
+        }
     path, _ = save_artifact(vectors, manifest, out)
     return path
 
@@ -47,13 +63,21 @@ class ServerProcess:
     """`python -m amygdala serve ARGS --port 0` in a subprocess; `wait()` gives its URL."""
 
     def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                    "OMP_NUM_THREADS": "1", **(env or {})}  # tiny models: threads only contend
+        full_env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }  # tiny models: threads only contend
         self.log = log
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "amygdala", "serve", *args, "--port", "0"],
-                stdout=subprocess.DEVNULL, stderr=err, env=full_env)
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=full_env,
+            )
 
     def wait(self, timeout: float = 180.0) -> str:
         """The base URL, once /health answers."""
@@ -61,8 +85,9 @@ class ServerProcess:
         url = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
-                                   f"{self.log.read_text()}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
             if url is None:
                 match = BANNER.search(self.log.read_text(errors="replace"))
                 url = match.group(1) if match else None
@@ -83,8 +108,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_servers(*specs: tuple[Sequence[str], Path, dict[str, str] | None]
-                    ) -> Iterator[list[str]]:
+def running_servers(
+    *specs: tuple[Sequence[str], Path, dict[str, str] | None],
+) -> Iterator[list[str]]:
     """Start several servers side by side (`(args, log, env)` each); yield their URLs."""
     procs = []
     try:
@@ -105,4 +131,4 @@ def sse_chunks(resp: httpx.Response) -> Iterator[dict[str, object]]:
             continue
         if line == "data: [DONE]":
             return
-        yield json.loads(line[len("data: "):])
+        yield json.loads(line[len("data: ") :])

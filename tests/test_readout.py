@@ -47,8 +47,9 @@ def llama(tiny_model_dirs: Callable[[str], Path]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def llama_artifact(tiny_model_dirs: Callable[[str], Path],
-                   tmp_path_factory: pytest.TempPathFactory) -> Any:
+def llama_artifact(
+    tiny_model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     out = tmp_path_factory.mktemp("ro") / "readout.safetensors"
     return load_artifact(random_artifact(tiny_model_dirs("llama"), out, [1, 3], CONCEPTS))
 
@@ -57,20 +58,19 @@ def _hooks(lm: Any) -> int:
     return sum(len(m._forward_hooks) for m in lm.model.modules())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2", "qwen3_5", "bert",
-                                  "minilm"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2", "qwen3_5", "bert", "minilm"])
 def test_token_mean_equals_trainer_pooled_projection(
-        arch: str, tiny_model_dirs: Callable[[str], Path], minilm_dir: Path,
-        tmp_path: Path) -> None:
+    arch: str, tiny_model_dirs: Callable[[str], Path], minilm_dir: Path, tmp_path: Path
+) -> None:
     """Mean of per-token projections over the pooled tokens == vectors · pooled activation."""
     directory = minilm_dir if arch == "minilm" else tiny_model_dirs(arch)
     lm = _load(directory)
     hidden, layers = lm.hidden_size, [1, lm.n_layers - 1]
-    art = load_artifact(random_artifact(directory, tmp_path / "r.safetensors", layers, CONCEPTS,
-                                        hidden=hidden))
+    art = load_artifact(
+        random_artifact(directory, tmp_path / "r.safetensors", layers, CONCEPTS, hidden=hidden)
+    )
     pooled = torch.empty(len(TEXTS), len(layers), hidden)
-    for batch in capture_texts(lm, TEXTS, layers, pooling="mean", batch_size=2,
-                               progress=False):
+    for batch in capture_texts(lm, TEXTS, layers, pooling="mean", batch_size=2, progress=False):
         pooled[batch.index] = batch.acts.cpu()
     trainer = torch.einsum("tlh,lch->tlc", pooled, art.stacked())
     for i, text in enumerate(TEXTS):
@@ -84,14 +84,17 @@ def test_token_mean_equals_trainer_pooled_projection(
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "minilm"])
 def test_per_token_values_equal_output_hidden_states(
-        arch: str, tiny_model_dirs: Callable[[str], Path], minilm_dir: Path,
-        tmp_path: Path) -> None:
+    arch: str, tiny_model_dirs: Callable[[str], Path], minilm_dir: Path, tmp_path: Path
+) -> None:
     """raw[t, l] == hidden_states[layer + 1][t] · vectorsᵀ (blocks before the final norm)."""
     directory = minilm_dir if arch == "minilm" else tiny_model_dirs(arch)
     lm = _load(directory)
     layers = [0, 2]
-    art = load_artifact(random_artifact(directory, tmp_path / "r.safetensors", layers, CONCEPTS,
-                                        hidden=lm.hidden_size))
+    art = load_artifact(
+        random_artifact(
+            directory, tmp_path / "r.safetensors", layers, CONCEPTS, hidden=lm.hidden_size
+        )
+    )
     ro = readout(lm, art, TEXTS[1])
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([list(ro.token_ids)]), output_hidden_states=True)
@@ -102,28 +105,42 @@ def test_per_token_values_equal_output_hidden_states(
 
 
 def test_z_scores_follow_the_trained_calibration(
-        llama: Any, tiny_model_dirs: Callable[[str], Path], tmp_path: Path) -> None:
+    llama: Any, tiny_model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
     """A real trained manifest: z == (raw - mean) / std, pooled z == z of the pooled raw."""
-    result = train(TrainConfig(model=str(tiny_model_dirs("llama")), training_data_dir=Path("tests/data/stories"),
-                               output=tmp_path / "readout.safetensors", target_layers="1,3",
-                               progress=False, no_cache=True, min_examples=2), lm=llama)
+    result = train(
+        TrainConfig(
+            model=str(tiny_model_dirs("llama")),
+            training_data_dir=Path("tests/data/stories"),
+            output=tmp_path / "readout.safetensors",
+            target_layers="1,3",
+            progress=False,
+            no_cache=True,
+            min_examples=2,
+        ),
+        lm=llama,
+    )
     art = load_artifact(result.vectors_path)
     cal = result.manifest["calibration"]
     mean, std = np.array(cal["mean"]), np.array(cal["std"])
     ro = readout(llama, art, TEXTS[2])
     assert ro.z is not None
-    np.testing.assert_allclose(ro.z.numpy(), (ro.raw.numpy() - mean) / std, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(ro.z.numpy(), (ro.raw.numpy() - mean) / std, rtol=1e-4, atol=1e-4)
     pooled_z = ro.pooled_z()
     assert pooled_z is not None
-    np.testing.assert_allclose(pooled_z.numpy(), (ro.pooled().numpy() - mean) / std,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        pooled_z.numpy(), (ro.pooled().numpy() - mean) / std, rtol=1e-4, atol=1e-4
+    )
 
 
-def test_no_calibration_means_no_z(llama: Any, tiny_model_dirs: Callable[[str], Path],
-                                   tmp_path: Path) -> None:
-    art = load_artifact(random_artifact(tiny_model_dirs("llama"), tmp_path / "r.safetensors",
-                                        [3], CONCEPTS, calibrated=False))
+def test_no_calibration_means_no_z(
+    llama: Any, tiny_model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    art = load_artifact(
+        random_artifact(
+            tiny_model_dirs("llama"), tmp_path / "r.safetensors", [3], CONCEPTS, calibrated=False
+        )
+    )
     ro = readout(llama, art, TEXTS[0])
     assert ro.z is None and ro.pooled_z() is None
     assert ro.top(3, 2, use_z=True) == ro.top(3, 2, use_z=False)
@@ -139,8 +156,9 @@ def test_hooks_removed_after_an_error(llama: Any, llama_artifact: Any) -> None:
 
 
 def test_readout_errors_are_clear(llama: Any, llama_artifact: Any, tmp_path: Path) -> None:
-    wide = load_artifact(random_artifact(Path("x"), tmp_path / "w.safetensors", [1], CONCEPTS,
-                                         hidden=32))
+    wide = load_artifact(
+        random_artifact(Path("x"), tmp_path / "w.safetensors", [1], CONCEPTS, hidden=32)
+    )
     with pytest.raises(ConfigError, match=r"hidden size 32.*has 64"):
         readout(llama, wide, "hi")
     deep = load_artifact(random_artifact(Path("x"), tmp_path / "d.safetensors", [7], CONCEPTS))
@@ -161,21 +179,41 @@ def test_truncation_is_reported(llama: Any, llama_artifact: Any) -> None:
 
 # ---- the command line ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def cli_outputs(tiny_model_dirs: Callable[[str], Path], llama_artifact: Any,
-                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def cli_outputs(
+    tiny_model_dirs: Callable[[str], Path],
+    llama_artifact: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("cli")
     vectors = out / "readout.safetensors"
     save_artifact(llama_artifact.vectors, llama_artifact.manifest, vectors)
     model = str(tiny_model_dirs("llama"))
-    code = main(["readout", "--model", model, "--vectors", str(vectors), "--device", "cpu",
-                 "--layer", "1", "--html", str(out / "heat.html"),
-                 "--jsonl", str(out / "tokens.jsonl"), HOSTILE])
+    code = main(
+        [
+            "readout",
+            "--model",
+            model,
+            "--vectors",
+            str(vectors),
+            "--device",
+            "cpu",
+            "--layer",
+            "1",
+            "--html",
+            str(out / "heat.html"),
+            "--jsonl",
+            str(out / "tokens.jsonl"),
+            HOSTILE,
+        ]
+    )
     return {"code": code, "dir": out, "model": model, "vectors": vectors}
 
 
-def test_cli_tables_and_jsonl(cli_outputs: dict[str, Any], llama: Any, llama_artifact: Any,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_tables_and_jsonl(
+    cli_outputs: dict[str, Any], llama: Any, llama_artifact: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli_outputs["code"] == 0
     ro = readout(llama, llama_artifact, HOSTILE)
     lines = (cli_outputs["dir"] / "tokens.jsonl").read_text().splitlines()
@@ -184,10 +222,24 @@ def test_cli_tables_and_jsonl(cli_outputs: dict[str, Any], llama: Any, llama_art
     assert [r["pooled"] for r in records] == list(ro.keep)
     for t, rec in enumerate(records):
         for i, layer in enumerate(ro.layers):
-            assert rec["raw"][str(layer)] == pytest.approx(dict(zip(CONCEPTS, ro.raw[t, i].tolist())))
+            assert rec["raw"][str(layer)] == pytest.approx(
+                dict(zip(CONCEPTS, ro.raw[t, i].tolist()))
+            )
             assert rec["z"][str(layer)] == pytest.approx(dict(zip(CONCEPTS, ro.z[t, i].tolist())))
-    main(["readout", "--model", cli_outputs["model"], "--vectors", str(cli_outputs["vectors"]),
-          "--device", "cpu", "--top", "2", "Tears ran down her face."])
+    main(
+        [
+            "readout",
+            "--model",
+            cli_outputs["model"],
+            "--vectors",
+            str(cli_outputs["vectors"]),
+            "--device",
+            "cpu",
+            "--top",
+            "2",
+            "Tears ran down her face.",
+        ]
+    )
     shown = capsys.readouterr().out
     top = readout(llama, llama_artifact, "Tears ran down her face.").top(3, 2)
     assert "top concepts at layer 3" in shown and "top concept" in shown
@@ -213,24 +265,47 @@ def _render(page: Path, fragment: str, tmp_path: Path) -> str:
     """The DOM after the page's script ran, from headless Chromium."""
     assert CHROMIUM is not None
     out = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--no-first-run", "--disable-extensions",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-         "--dump-dom", f"{page.as_uri()}#{fragment}"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"{page.as_uri()}#{fragment}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install "
-                    "chromium); the heatmap page is not rendered")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium on PATH (Debian: apt-get install "
+    "chromium); the heatmap page is not rendered",
+)
 @pytest.mark.parametrize(("concept", "layer", "mode"), [("fear", 1, "raw"), ("calm", 3, "z")])
-def test_html_heatmap_renders_in_chromium(cli_outputs: dict[str, Any], llama: Any,
-                                          llama_artifact: Any, tmp_path: Path,
-                                          concept: str, layer: int, mode: str) -> None:
+def test_html_heatmap_renders_in_chromium(
+    cli_outputs: dict[str, Any],
+    llama: Any,
+    llama_artifact: Any,
+    tmp_path: Path,
+    concept: str,
+    layer: int,
+    mode: str,
+) -> None:
     """The page's script colors every token with the chosen concept, layer and mode."""
-    dom = _render(cli_outputs["dir"] / "heat.html", f"concept={concept}&layer={layer}&mode={mode}",
-                  tmp_path)
+    dom = _render(
+        cli_outputs["dir"] / "heat.html", f"concept={concept}&layer={layer}&mode={mode}", tmp_path
+    )
     body = re.search(r"<body([^>]*)>", dom)
     assert body is not None and 'data-ready="1"' in body.group(1)
     assert f'data-concept="{concept}"' in body.group(1)

@@ -44,14 +44,18 @@ def vectors(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(model_dir: Path, vectors: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, str]]:
+def servers(
+    model_dir: Path, vectors: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """Two servers started side by side: with vectors and a key, and bare and open."""
     logs = tmp_path_factory.mktemp("serve-logs")
     with running_servers(
-            (["--model", str(model_dir), "--vectors", str(vectors), "--max-concurrency", "3"],
-             logs / "keyed.log", {"AMYGDALA_API_KEY": KEY}),
-            (["--model", str(model_dir)], logs / "open.log", {"AMYGDALA_API_KEY": ""}),
+        (
+            ["--model", str(model_dir), "--vectors", str(vectors), "--max-concurrency", "3"],
+            logs / "keyed.log",
+            {"AMYGDALA_API_KEY": KEY},
+        ),
+        (["--model", str(model_dir)], logs / "open.log", {"AMYGDALA_API_KEY": ""}),
     ) as (keyed, bare):
         yield {"keyed": keyed, "open": bare}
 
@@ -72,8 +76,9 @@ def artifact(vectors: Path) -> Any:
 
 
 def stream(url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with httpx.stream("POST", f"{url}{path}", json={**body, "stream": True}, headers=AUTH,
-                      timeout=60) as resp:
+    with httpx.stream(
+        "POST", f"{url}{path}", json={**body, "stream": True}, headers=AUTH, timeout=60
+    ) as resp:
         assert resp.status_code == 200, resp.read()
         return list(sse_chunks(resp))  # type: ignore[arg-type]
 
@@ -82,27 +87,34 @@ def token_choices(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for ch in chunks for c in ch["choices"] if "token_id" in c]
 
 
-def assert_offline_parity(lm: Any, artifact: Any, prompt_ids: list[int],
-                          choices: list[dict[str, Any]]) -> None:
+def assert_offline_parity(
+    lm: Any, artifact: Any, prompt_ids: list[int], choices: list[dict[str, Any]]
+) -> None:
     """Streamed readouts == offline readout of prompt + generated ids, token by token."""
     gen = [c["token_id"] for c in choices]
     ref = readout_ids(lm, artifact, prompt_ids + gen)
     got_raw = torch.tensor([c["readout"] for c in choices])
     got_z = torch.tensor([c["readout_z"] for c in choices])
     assert got_raw.shape == (len(gen), len(LAYERS), len(CONCEPTS))
-    torch.testing.assert_close(got_raw, ref.raw[len(prompt_ids):], **TOL)
+    torch.testing.assert_close(got_raw, ref.raw[len(prompt_ids) :], **TOL)
     assert ref.z is not None
-    torch.testing.assert_close(got_z, ref.z[len(prompt_ids):], **TOL)
+    torch.testing.assert_close(got_z, ref.z[len(prompt_ids) :], **TOL)
 
 
 # ---- models, manifest, auth ----------------------------------------------------------
 
+
 def test_auth_missing_or_wrong_key_is_401(url: str) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
-        for method, path in (("GET", "/v1/models"), ("GET", "/v1/readout/manifest"),
-                             ("POST", "/v1/completions"), ("POST", "/v1/chat/completions")):
-            resp = httpx.request(method, f"{url}{path}", headers=headers,
-                                 json={"prompt": "hi"}, timeout=30)
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("GET", "/v1/readout/manifest"),
+            ("POST", "/v1/completions"),
+            ("POST", "/v1/chat/completions"),
+        ):
+            resp = httpx.request(
+                method, f"{url}{path}", headers=headers, json={"prompt": "hi"}, timeout=30
+            )
             assert resp.status_code == 401, (headers, path)
             assert resp.json()["error"]["code"] == "invalid_api_key"
 
@@ -122,8 +134,9 @@ def test_open_server_without_vectors(servers: dict[str, str]) -> None:
     resp = httpx.get(f"{url}/v1/readout/manifest", timeout=30)
     assert resp.status_code == 404
     assert "without --vectors" in resp.json()["error"]["message"]
-    out = httpx.post(f"{url}/v1/completions", json={"prompt": "The fox", "max_tokens": 3,
-                                                    **GREEDY}, timeout=60).json()
+    out = httpx.post(
+        f"{url}/v1/completions", json={"prompt": "The fox", "max_tokens": 3, **GREEDY}, timeout=60
+    ).json()
     choice = out["choices"][0]
     assert len(choice["token_ids"]) == 3 and "readout" not in choice
     chunks = list(_open_stream(url))
@@ -132,18 +145,27 @@ def test_open_server_without_vectors(servers: dict[str, str]) -> None:
 
 
 def _open_stream(url: str) -> Iterator[dict[str, Any]]:
-    with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
-                      json={"prompt": "The fox", "max_tokens": 3, "stream": True,
-                            **GREEDY}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/completions",
+        timeout=60,
+        json={"prompt": "The fox", "max_tokens": 3, "stream": True, **GREEDY},
+    ) as resp:
         yield from sse_chunks(resp)  # type: ignore[misc]
 
 
 # ---- completions ---------------------------------------------------------------------
 
+
 def test_streamed_completion_parity(url: str, lm: Any, artifact: Any) -> None:
     """Fixed prompt + greedy decoding: streamed readouts equal the offline readout API."""
-    body = {"prompt": "The quick brown fox", "max_tokens": 12, "readout_prompt": True,
-            "stream_options": {"include_usage": True}, **GREEDY}
+    body = {
+        "prompt": "The quick brown fox",
+        "max_tokens": 12,
+        "readout_prompt": True,
+        "stream_options": {"include_usage": True},
+        **GREEDY,
+    }
     chunks = stream(url, "/v1/completions", body)
     prompt_ids = lm.tokenizer("The quick brown fox")["input_ids"]
     first = chunks[0]["choices"][0]["prompt_readout"]
@@ -156,27 +178,38 @@ def test_streamed_completion_parity(url: str, lm: Any, artifact: Any) -> None:
     assert [c["finish_reason"] for c in choices] == [None] * 11 + ["length"]
     assert_offline_parity(lm, artifact, prompt_ids, choices)
     gen = [c["token_id"] for c in choices]
-    assert "".join(c["text"] for c in choices) == lm.tokenizer.decode(gen,
-                                                                      skip_special_tokens=True)
-    assert chunks[-1]["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 12,
-                                   "total_tokens": len(prompt_ids) + 12}
+    assert "".join(c["text"] for c in choices) == lm.tokenizer.decode(gen, skip_special_tokens=True)
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": 12,
+        "total_tokens": len(prompt_ids) + 12,
+    }
     # the same request unstreamed carries the same per-token list
     whole = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=60).json()
     choice = whole["choices"][0]
     assert choice["token_ids"] == gen
     assert choice["text"] == "".join(c["text"] for c in choices)
-    torch.testing.assert_close(torch.tensor(choice["readout"]),
-                               torch.tensor([c["readout"] for c in choices]))
+    torch.testing.assert_close(
+        torch.tensor(choice["readout"]), torch.tensor([c["readout"] for c in choices])
+    )
     assert len(choice["readout_z"]) == 12 and choice["prompt_readout"]["token_ids"] == prompt_ids
     assert whole["object"] == "text_completion" and whole["usage"]["completion_tokens"] == 12
 
 
 def test_prompt_as_token_ids(url: str, lm: Any) -> None:
     ids = lm.tokenizer("Fear crept in")["input_ids"]
-    by_text = httpx.post(f"{url}/v1/completions", headers=AUTH, timeout=60,
-                         json={"prompt": "Fear crept in", "max_tokens": 5, **GREEDY}).json()
-    by_ids = httpx.post(f"{url}/v1/completions", headers=AUTH, timeout=60,
-                        json={"prompt": ids, "max_tokens": 5, **GREEDY}).json()
+    by_text = httpx.post(
+        f"{url}/v1/completions",
+        headers=AUTH,
+        timeout=60,
+        json={"prompt": "Fear crept in", "max_tokens": 5, **GREEDY},
+    ).json()
+    by_ids = httpx.post(
+        f"{url}/v1/completions",
+        headers=AUTH,
+        timeout=60,
+        json={"prompt": ids, "max_tokens": 5, **GREEDY},
+    ).json()
     assert by_ids["choices"][0]["token_ids"] == by_text["choices"][0]["token_ids"]
     assert by_ids["choices"][0]["readout"] == by_text["choices"][0]["readout"]
 
@@ -185,10 +218,11 @@ def test_stop_string_cuts_text(url: str) -> None:
     body = {"prompt": "The quick brown fox", "max_tokens": 12, **GREEDY}
     full = httpx.post(f"{url}/v1/completions", headers=AUTH, json=body, timeout=60).json()
     text = full["choices"][0]["text"]
-    stop = next(text[i:i + 2] for i in range(2, len(text) - 1) if "\ufffd" not in text[i:i + 2])
-    expected = text[:text.find(stop)]
-    cut = httpx.post(f"{url}/v1/completions", headers=AUTH, json={**body, "stop": [stop]},
-                     timeout=60).json()["choices"][0]
+    stop = next(text[i : i + 2] for i in range(2, len(text) - 1) if "\ufffd" not in text[i : i + 2])
+    expected = text[: text.find(stop)]
+    cut = httpx.post(
+        f"{url}/v1/completions", headers=AUTH, json={**body, "stop": [stop]}, timeout=60
+    ).json()["choices"][0]
     assert cut["text"] == expected and cut["finish_reason"] == "stop"
     chunks = stream(url, "/v1/completions", {**body, "stop": stop})
     choices = token_choices(chunks)
@@ -197,30 +231,42 @@ def test_stop_string_cuts_text(url: str) -> None:
 
 
 def test_seeded_sampling_and_n(url: str) -> None:
-    body = {"prompt": "I was so happy", "max_tokens": 8, "temperature": 1.0, "top_p": 0.9,
-            "seed": 7, "n": 2, "ignore_eos": True}
+    body = {
+        "prompt": "I was so happy",
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 7,
+        "n": 2,
+        "ignore_eos": True,
+    }
     a = httpx.post(f"{url}/v1/completions", headers=AUTH, json=body, timeout=60).json()
     b = httpx.post(f"{url}/v1/completions", headers=AUTH, json=body, timeout=60).json()
     assert [c["index"] for c in a["choices"]] == [0, 1]
     assert [c["token_ids"] for c in a["choices"]] == [c["token_ids"] for c in b["choices"]]
     chunks = stream(url, "/v1/completions", body)
-    by_index = {i: [c["token_id"] for c in token_choices(chunks) if c["index"] == i]
-                for i in (0, 1)}
+    by_index = {
+        i: [c["token_id"] for c in token_choices(chunks) if c["index"] == i] for i in (0, 1)
+    }
     assert [by_index[0], by_index[1]] == [c["token_ids"] for c in a["choices"]]
 
 
 # ---- chat ----------------------------------------------------------------------------
 
+
 def test_chat_stream_and_whole(url: str, lm: Any, artifact: Any) -> None:
-    messages = [{"role": "system", "content": "Be kind."},
-                {"role": "user", "content": "How are you?"}]
+    messages = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "How are you?"},
+    ]
     body = {"messages": messages, "max_tokens": 6, "readout_prompt": True, **GREEDY}
     chunks = stream(url, "/v1/chat/completions", body)
     assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
     head = chunks[0]["choices"][0]
     assert head["delta"]["role"] == "assistant"
-    text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                            chat_template=FALLBACK_CHAT_TEMPLATE)
+    text = lm.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, chat_template=FALLBACK_CHAT_TEMPLATE
+    )
     prompt_ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert head["prompt_readout"]["token_ids"] == prompt_ids
     choices = token_choices(chunks)
@@ -236,8 +282,8 @@ def test_chat_stream_and_whole(url: str, lm: Any, artifact: Any) -> None:
 
 # ---- concurrency and disconnects -----------------------------------------------------
 
-def test_two_concurrent_streams_get_their_own_readouts(url: str, lm: Any, artifact: Any
-                                                       ) -> None:
+
+def test_two_concurrent_streams_get_their_own_readouts(url: str, lm: Any, artifact: Any) -> None:
     prompts = ["The quick brown fox", "Tears ran down her face when the letter"]
     results: dict[int, list[dict[str, Any]]] = {}
     errors: list[BaseException] = []
@@ -246,8 +292,9 @@ def test_two_concurrent_streams_get_their_own_readouts(url: str, lm: Any, artifa
     def go(i: int) -> None:
         try:
             start.wait(timeout=30)
-            results[i] = stream(url, "/v1/completions",
-                                {"prompt": prompts[i], "max_tokens": 24, **GREEDY})
+            results[i] = stream(
+                url, "/v1/completions", {"prompt": prompts[i], "max_tokens": 24, **GREEDY}
+            )
         except BaseException as exc:  # surfaced below, in the test's thread
             errors.append(exc)
 
@@ -279,9 +326,13 @@ def _wait_until_idle(url: str, before: dict[str, int]) -> dict[str, int]:
 
 def test_client_disconnect_frees_its_slot(url: str, lm: Any, artifact: Any) -> None:
     before = _health(url)
-    with httpx.stream("POST", f"{url}/v1/completions", headers=AUTH, timeout=60,
-                      json={"prompt": "We debugged", "max_tokens": 240, "stream": True,
-                            **GREEDY}) as resp:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/completions",
+        headers=AUTH,
+        timeout=60,
+        json={"prompt": "We debugged", "max_tokens": 240, "stream": True, **GREEDY},
+    ) as resp:
         got = 0
         for line in resp.iter_lines():
             got += line.startswith("data: ")
@@ -292,16 +343,21 @@ def test_client_disconnect_frees_its_slot(url: str, lm: Any, artifact: Any) -> N
     assert now["active"] == 0 and now["waiting"] == 0
     # and the server keeps serving others, with correct readouts
     chunks = stream(url, "/v1/completions", {"prompt": "We debugged", "max_tokens": 5, **GREEDY})
-    assert_offline_parity(lm, artifact, lm.tokenizer("We debugged")["input_ids"],
-                          token_choices(chunks))
+    assert_offline_parity(
+        lm, artifact, lm.tokenizer("We debugged")["input_ids"], token_choices(chunks)
+    )
 
 
 def test_client_leaving_a_non_streamed_request_cancels_it(url: str) -> None:
     before = _health(url)
     # 4 choices x 240 tokens: far longer than the client waits (0.2 s without a byte)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{url}/v1/completions", headers=AUTH, timeout=httpx.Timeout(30, read=0.2),
-                   json={"prompt": "We debugged", "max_tokens": 240, "n": 4, **GREEDY})
+        httpx.post(
+            f"{url}/v1/completions",
+            headers=AUTH,
+            timeout=httpx.Timeout(30, read=0.2),
+            json={"prompt": "We debugged", "max_tokens": 240, "n": 4, **GREEDY},
+        )
     now = _wait_until_idle(url, before)
     assert now["cancelled"] > before["cancelled"]
     assert now["active"] == 0 and now["waiting"] == 0
@@ -309,53 +365,73 @@ def test_client_leaving_a_non_streamed_request_cancels_it(url: str) -> None:
 
 # ---- bad requests --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"max_tokens": 3}, 400, "'prompt'"),
-    ({"prompt": "x", "n": 20}, 400, "'n'"),
-    ({"prompt": "x", "logprobs": 2}, 400, "not supported"),
-    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
-    ({"prompt": "x", "model": "gpt-4"}, 404, "not served here"),
-    ({"prompt": "fox " * 300}, 400, "positions"),
-    ({"prompt": [1, 99999]}, 400, "token ids"),
-])
-def test_bad_requests_get_openai_errors(url: str, body: dict[str, Any], status: int,
-                                        words: str) -> None:
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"max_tokens": 3}, 400, "'prompt'"),
+        ({"prompt": "x", "n": 20}, 400, "'n'"),
+        ({"prompt": "x", "logprobs": 2}, 400, "not supported"),
+        ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"prompt": "x", "temperature": "hot"}, 400, "temperature"),
+        ({"prompt": "x", "model": "gpt-4"}, 404, "not served here"),
+        ({"prompt": "fox " * 300}, 400, "positions"),
+        ({"prompt": [1, 99999]}, 400, "token ids"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    url: str, body: dict[str, Any], status: int, words: str
+) -> None:
     resp = httpx.post(f"{url}/v1/completions", headers=AUTH, json=body, timeout=60)
     assert resp.status_code == status
     assert words in resp.json()["error"]["message"]
 
 
 def test_body_not_json_and_bad_messages(url: str) -> None:
-    resp = httpx.post(f"{url}/v1/completions", headers={**AUTH, "Content-Type": "application/json"},
-                      content=b"{nope", timeout=30)
+    resp = httpx.post(
+        f"{url}/v1/completions",
+        headers={**AUTH, "Content-Type": "application/json"},
+        content=b"{nope",
+        timeout=30,
+    )
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]["message"]
-    resp = httpx.post(f"{url}/v1/chat/completions", headers=AUTH,
-                      json={"messages": [{"content": "no role"}]}, timeout=30)
+    resp = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=AUTH,
+        json={"messages": [{"content": "no role"}]},
+        timeout=30,
+    )
     assert resp.status_code == 400 and "role" in resp.json()["error"]["message"]
 
 
 # ---- the engine in-process, on every decoder architecture ----------------------------
 
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gpt2", "qwen3_5"])
 def test_engine_kv_cache_parity_across_architectures(
-        arch: str, tiny_model_dirs: Callable[[str], Path], tmp_path: Path) -> None:
+    arch: str, tiny_model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
     """KV-cache decoding with readouts == the offline readout, and no hook is left behind."""
     directory = tiny_model_dirs(arch)
     model = load_model(str(directory), device="cpu", dtype="fp32")
-    art = load_artifact(random_artifact(directory, tmp_path / "r.safetensors", [1, 3],
-                                        CONCEPTS, seed=1))
+    art = load_artifact(
+        random_artifact(directory, tmp_path / "r.safetensors", [1, 3], CONCEPTS, seed=1)
+    )
     engine = Engine(model, art)
     engine.start()
     try:
         prompt = tuple(model.tokenizer("Why does the sky")["input_ids"])
-        events = list(engine.generate(GenerationRequest(
-            prompt, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))))
+        events = list(
+            engine.generate(
+                GenerationRequest(
+                    prompt, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+                )
+            )
+        )
     finally:
         engine.close()
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert len(tokens) == 10 and tokens[-1].finish_reason == "length"
     ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens])
-    torch.testing.assert_close(torch.tensor([e.raw for e in tokens]), ref.raw[len(prompt):],
-                               **TOL)
+    torch.testing.assert_close(torch.tensor([e.raw for e in tokens]), ref.raw[len(prompt) :], **TOL)
     assert not any(m._forward_hooks for m in model.model.modules())

@@ -25,6 +25,7 @@ TMUX = shutil.which("tmux")
 
 # ---- hysteresis ----------------------------------------------------------------------
 
+
 def test_ranking_starts_sorted_and_keeps_order_within_the_margin() -> None:
     rank = StableRanking(k=3, hysteresis=0.1)  # margin = 0.1 × the largest |value|
     assert rank.update([0.0, 1.0, 0.5, 0.9]) == [1, 3, 2]
@@ -41,28 +42,43 @@ def test_ranking_admits_a_newcomer_only_past_the_margin() -> None:
 
 
 def test_keys_change_layer_and_mode() -> None:
-    state = WatchState(concepts=CONCEPTS, layers=LAYERS, calibrated=True, top=5, hysteresis=0.1,
-                       smooth=0.0)
+    state = WatchState(
+        concepts=CONCEPTS, layers=LAYERS, calibrated=True, top=5, hysteresis=0.1, smooth=0.0
+    )
     assert state.key("2") and state.layer_index == 1
     assert state.key("9") and state.layer_index == 1  # no ninth layer: ignored
     assert state.key("r") and state.mode == "raw"
     assert state.key("r") and state.mode == "z"
     assert not state.key("q")
-    raw_only = WatchState(concepts=CONCEPTS, layers=LAYERS, calibrated=False, top=5,
-                          hysteresis=0.1, smooth=0.0, mode="raw")
+    raw_only = WatchState(
+        concepts=CONCEPTS,
+        layers=LAYERS,
+        calibrated=False,
+        top=5,
+        hysteresis=0.1,
+        smooth=0.0,
+        mode="raw",
+    )
     assert raw_only.key("r") and raw_only.mode == "raw"  # nothing to toggle to
 
 
 # ---- the real terminal ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def server(tiny_model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[str]:
+def server(
+    tiny_model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     model = tiny_model_dirs("llama")
     tmp = tmp_path_factory.mktemp("watch")
     vectors = random_artifact(model, tmp / "readout.safetensors", LAYERS, CONCEPTS)
-    with running_servers((["--model", str(model), "--vectors", str(vectors)], tmp / "serve.log",
-                          {"AMYGDALA_API_KEY": KEY})) as (url,):
+    with running_servers(
+        (
+            ["--model", str(model), "--vectors", str(vectors)],
+            tmp / "serve.log",
+            {"AMYGDALA_API_KEY": KEY},
+        )
+    ) as (url,):
         yield url
 
 
@@ -73,12 +89,18 @@ class Pane:
         assert TMUX is not None
         self.name = name
         self.tmux = [TMUX, "-L", name]  # a private tmux server: no one else's sizes or sessions
-        subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", "120", "-y", "45",
-                        command], check=True)
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", name, "-x", "120", "-y", "45", command],
+            check=True,
+        )
 
     def text(self) -> str:
-        out = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", self.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return out.stdout
 
     def wait_for(self, pattern: str, timeout: float = 120.0) -> str:
@@ -104,15 +126,30 @@ def _bars(shown: str) -> dict[str, float]:
     return {name: float(value) for name, _, value in rows}
 
 
-@pytest.mark.skipif(TMUX is None, reason="no tmux on PATH (Debian: apt-get install tmux); the "
-                    "terminal view is not exercised")
+@pytest.mark.skipif(
+    TMUX is None,
+    reason="no tmux on PATH (Debian: apt-get install tmux); the terminal view is not exercised",
+)
 def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
     prompt = "The quick brown fox"
     rc = tmp_path / "rc"
-    argv = [sys.executable, "-m", "amygdala", "watch", "--url", server, "--max-tokens", "30",
-            "--temperature", "0", prompt]
-    command = (f"env AMYGDALA_API_KEY={KEY} HF_HUB_OFFLINE=1 {shlex.join(argv)}; "
-               f"echo $? > {shlex.quote(str(rc))}")
+    argv = [
+        sys.executable,
+        "-m",
+        "amygdala",
+        "watch",
+        "--url",
+        server,
+        "--max-tokens",
+        "30",
+        "--temperature",
+        "0",
+        prompt,
+    ]
+    command = (
+        f"env AMYGDALA_API_KEY={KEY} HF_HUB_OFFLINE=1 {shlex.join(argv)}; "
+        f"echo $? > {shlex.quote(str(rc))}"
+    )
     pane = Pane(f"amygdala-watch-{tmp_path.name}", f"sh -c {shlex.quote(command)}")
     try:
         shown = pane.wait_for(r"done \(length\)")
@@ -120,8 +157,12 @@ def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
         assert shown.count("█") > 0
         # the bars are the last streamed token's z-scores at layer 3
         body = {"prompt": prompt, "max_tokens": 30, "temperature": 0}
-        ref = httpx.post(f"{server}/v1/completions", json=body, timeout=60,
-                         headers={"Authorization": f"Bearer {KEY}"}).json()["choices"][0]
+        ref = httpx.post(
+            f"{server}/v1/completions",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ).json()["choices"][0]
         last_z = dict(zip(CONCEPTS, ref["readout_z"][-1][LAYERS.index(3)]))
         bars = _bars(shown)
         assert set(bars) == set(CONCEPTS)
@@ -130,13 +171,15 @@ def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
         pane.keys("r")
         shown = pane.wait_for(r"layer 3 · raw dot products")
         last_raw = dict(zip(CONCEPTS, ref["readout"][-1][LAYERS.index(3)]))
-        assert _bars(shown) == pytest.approx({c: round(v, 2) for c, v in last_raw.items()},
-                                             abs=0.011)
+        assert _bars(shown) == pytest.approx(
+            {c: round(v, 2) for c, v in last_raw.items()}, abs=0.011
+        )
         pane.keys("1")
         shown = pane.wait_for(r"layer 1 · raw dot products")
         last_raw1 = dict(zip(CONCEPTS, ref["readout"][-1][LAYERS.index(1)]))
-        assert _bars(shown) == pytest.approx({c: round(v, 2) for c, v in last_raw1.items()},
-                                             abs=0.011)
+        assert _bars(shown) == pytest.approx(
+            {c: round(v, 2) for c, v in last_raw1.items()}, abs=0.011
+        )
         assert "top concepts · layer 1" in shown
         pane.keys("q")
         deadline = time.monotonic() + 30
@@ -148,8 +191,13 @@ def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
 
 
 def test_watch_without_key_is_a_clear_error(server: str, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "amygdala", "watch", "--url", server, "hi"],
-                         capture_output=True, text=True, timeout=120, check=False,
-                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "amygdala", "watch", "--url", server, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 2
     assert "wants an API key: put it in $AMYGDALA_API_KEY" in out.stderr

@@ -20,21 +20,29 @@ if TYPE_CHECKING:
 
 def page_data(ro: Readout, *, layer: int | None = None, title: str = "") -> dict[str, Any]:
     """The JSON the page renders (values rounded to 4 decimals)."""
+
     def rounded(t: torch.Tensor | None) -> Any:
         return None if t is None else torch.round(t.double(), decimals=4).tolist()
 
-    return {"title": title, "tokens": list(ro.tokens), "keep": list(ro.keep),
-            "concepts": list(ro.concepts), "layers": list(ro.layers),
-            "layer": ro.layers[-1] if layer is None else layer,
-            "raw": rounded(ro.raw), "z": rounded(ro.z)}
+    return {
+        "title": title,
+        "tokens": list(ro.tokens),
+        "keep": list(ro.keep),
+        "concepts": list(ro.concepts),
+        "layers": list(ro.layers),
+        "layer": ro.layers[-1] if layer is None else layer,
+        "raw": rounded(ro.raw),
+        "z": rounded(ro.z),
+    }
 
 
 def html_page(ro: Readout, *, title: str = "", layer: int | None = None) -> str:
     """The whole page as a string."""
     data = json.dumps(page_data(ro, layer=layer, title=title), separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return (_TEMPLATE.replace("__TITLE__", html.escape(title or "amygdala readout"))
-            .replace("__DATA__", data))
+    return _TEMPLATE.replace("__TITLE__", html.escape(title or "amygdala readout")).replace(
+        "__DATA__", data
+    )
 
 
 _TEMPLATE = """<!doctype html>

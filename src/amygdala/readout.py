@@ -67,13 +67,16 @@ class Calibration:
             mean = torch.tensor(cal["mean"], dtype=torch.float32)
             std = torch.tensor(cal["std"], dtype=torch.float32)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"manifest 'calibration' needs numeric 'mean' and 'std' lists "
-                                f"({exc}); retrain, or delete 'calibration' for raw values only"
-                                ) from None
+            raise ArtifactError(
+                f"manifest 'calibration' needs numeric 'mean' and 'std' lists "
+                f"({exc}); retrain, or delete 'calibration' for raw values only"
+            ) from None
         for name, t in (("mean", mean), ("std", std)):
             if tuple(t.shape) != shape:
-                raise ArtifactError(f"manifest calibration {name} is {tuple(t.shape)}, expected "
-                                    f"(n_layers, n_concepts) {shape}")
+                raise ArtifactError(
+                    f"manifest calibration {name} is {tuple(t.shape)}, expected "
+                    f"(n_layers, n_concepts) {shape}"
+                )
             if not bool(torch.isfinite(t).all()):
                 raise ArtifactError(f"manifest calibration {name} holds NaN/Inf")
         return cls(reference=str(cal.get("reference", "")), mean=mean, std=std)
@@ -138,8 +141,10 @@ class ResidualRecorder:
             raise ConfigError("no layers to record")
         bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
         if bad:
-            raise ConfigError(f"artifact layers {bad} do not exist on a model with "
-                              f"{len(blocks)} blocks; was the artifact trained on this model?")
+            raise ConfigError(
+                f"artifact layers {bad} do not exist on a model with "
+                f"{len(blocks)} blocks; was the artifact trained on this model?"
+            )
         self.blocks = blocks
         self.layers = tuple(layers)
         self.deepest = max(layers)
@@ -175,8 +180,9 @@ class ResidualRecorder:
                 handle.remove()
         missing = [layer for layer in self.layers if layer not in found]
         if missing:
-            raise RuntimeError(f"layers {missing} produced no output: the forward pass never "
-                               "reached them")
+            raise RuntimeError(
+                f"layers {missing} produced no output: the forward pass never reached them"
+            )
         outs.extend(found[layer] for layer in self.layers)
 
 
@@ -210,8 +216,9 @@ class Readout:
     def layer_index(self, layer: int) -> int:
         """Position of absolute block index `layer` in `self.layers`."""
         if layer not in self.layers:
-            raise ConfigError(f"layer {layer} is not in the artifact; it has layers "
-                              f"{list(self.layers)}")
+            raise ConfigError(
+                f"layer {layer} is not in the artifact; it has layers {list(self.layers)}"
+            )
         return self.layers.index(layer)
 
     def pooled(self, values: Tensor | None = None) -> Tensor:
@@ -238,8 +245,13 @@ class Readout:
         raw = self.raw.tolist()
         z = None if self.z is None else self.z.tolist()
         for t, token in enumerate(self.tokens):
-            rec: dict[str, Any] = {"position": t, "token_id": self.token_ids[t], "token": token,
-                                   "pooled": self.keep[t], "raw": _named(raw[t], self)}
+            rec: dict[str, Any] = {
+                "position": t,
+                "token_id": self.token_ids[t],
+                "token": token,
+                "pooled": self.keep[t],
+                "raw": _named(raw[t], self),
+            }
             if z is not None:
                 rec["z"] = _named(z[t], self)
             yield rec
@@ -253,19 +265,26 @@ def check_compatible(lm: LoadedModel, artifact: Artifact) -> None:
     """The artifact must fit this model: same hidden size, layers that exist."""
     hidden = int(artifact.manifest["hidden_size"])
     if hidden != lm.hidden_size:
-        raise ConfigError(f"the artifact's vectors have hidden size {hidden}, the model "
-                          f"{lm.model_id!r} has {lm.hidden_size}; load the model the "
-                          f"artifact was trained on ({artifact.manifest.get('model', '?')})")
+        raise ConfigError(
+            f"the artifact's vectors have hidden size {hidden}, the model "
+            f"{lm.model_id!r} has {lm.hidden_size}; load the model the "
+            f"artifact was trained on ({artifact.manifest.get('model', '?')})"
+        )
     too_deep = [layer for layer in artifact.layers if layer >= lm.n_layers]
     if too_deep:
-        raise ConfigError(f"artifact layers {too_deep} do not exist on {lm.model_id!r} "
-                          f"({lm.n_layers} blocks); load the model it was trained on")
+        raise ConfigError(
+            f"artifact layers {too_deep} do not exist on {lm.model_id!r} "
+            f"({lm.n_layers} blocks); load the model it was trained on"
+        )
 
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
     """Each token decoded on its own (special tokens shown as such)."""
-    return tuple(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False,
-                                        clean_up_tokenization_spaces=False))
+    return tuple(
+        tokenizer.batch_decode(
+            [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+    )
 
 
 def _as_loaded(model: LoadedModel | str, device: str | None, dtype: str) -> LoadedModel:
@@ -308,10 +327,15 @@ def readout_ids(
         with recorder.record(stop_after_deepest=True) as outs:
             lm.model(**forward_kwargs(lm, input_ids, mask))
         raw, z = projector.project([o[0] for o in outs])
-    return Readout(tokens=token_strings(lm.tokenizer, ids), token_ids=tuple(int(i) for i in ids),
-                   keep=tuple(bool(k) for k in keep), raw=raw.cpu(),
-                   z=None if z is None else z.cpu(), concepts=projector.concepts,
-                   layers=projector.layers)
+    return Readout(
+        tokens=token_strings(lm.tokenizer, ids),
+        token_ids=tuple(int(i) for i in ids),
+        keep=tuple(bool(k) for k in keep),
+        raw=raw.cpu(),
+        z=None if z is None else z.cpu(),
+        concepts=projector.concepts,
+        layers=projector.layers,
+    )
 
 
 def readout(

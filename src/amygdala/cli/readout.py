@@ -29,29 +29,61 @@ the page. The JSONL has one line per token with every layer's and concept's valu
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help="the text to read ('-' reads standard input)")
-    parser.add_argument("--model", required=True,
-                        help="Hugging Face id or local directory (`minilm` = packaged MiniLM)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face id or local directory (`minilm` = packaged MiniLM)",
+    )
     parser.add_argument("--vectors", type=Path, required=True, help="readout.safetensors")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="the manifest; by default the vectors path with .json")
-    parser.add_argument("--layer", type=int, default=None,
-                        help="which artifact layer the tables show; by default the deepest")
-    parser.add_argument("--top", type=int, default=5,
-                        help="concepts listed for the whole text; default 5")
-    parser.add_argument("--html", type=Path, default=None,
-                        help="write a self-contained token heatmap page here")
-    parser.add_argument("--jsonl", type=Path, default=None,
-                        help="write one JSON line per token (all layers and concepts) here")
-    parser.add_argument("--max-length", type=int, default=2048,
-                        help="tokens read; longer texts are cut (with a warning); default 2048")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N or mps; by default the best available")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere")
-    parser.add_argument("--blocks-path", default=None,
-                        help="dotted path of the block list for unknown architectures")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run custom model code from the model repository (off)")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="the manifest; by default the vectors path with .json",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="which artifact layer the tables show; by default the deepest",
+    )
+    parser.add_argument(
+        "--top", type=int, default=5, help="concepts listed for the whole text; default 5"
+    )
+    parser.add_argument(
+        "--html", type=Path, default=None, help="write a self-contained token heatmap page here"
+    )
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="write one JSON line per token (all layers and concepts) here",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=2048,
+        help="tokens read; longer texts are cut (with a warning); default 2048",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere",
+    )
+    parser.add_argument(
+        "--blocks-path",
+        default=None,
+        help="dotted path of the block list for unknown architectures",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code from the model repository (off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,18 +102,26 @@ def run(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.vectors, args.manifest)
     layer = artifact.layers[-1] if args.layer is None else args.layer
     if layer not in artifact.layers:
-        raise ConfigError(f"--layer {layer} is not in the artifact; it has layers "
-                          f"{artifact.layers}")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    blocks_path=args.blocks_path, trust_remote_code=args.trust_remote_code)
+        raise ConfigError(
+            f"--layer {layer} is not in the artifact; it has layers {artifact.layers}"
+        )
+    lm = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        blocks_path=args.blocks_path,
+        trust_remote_code=args.trust_remote_code,
+    )
     ro = readout(lm, artifact, text, max_length=args.max_length)
     if ro.truncated:
-        print(f"warning: the text was cut to --max-length {args.max_length} tokens",
-              file=sys.stderr)
+        print(
+            f"warning: the text was cut to --max-length {args.max_length} tokens", file=sys.stderr
+        )
     print_tables(ro, layer, args.top)
     if args.jsonl is not None:
-        atomic_write_text(args.jsonl, "".join(json.dumps(rec, ensure_ascii=False) + "\n"
-                                              for rec in ro.records()))
+        atomic_write_text(
+            args.jsonl, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in ro.records())
+        )
         print(f"wrote {args.jsonl}", file=sys.stderr)
     if args.html is not None:
         atomic_write_text(args.html, html_page(ro, title=text[:80], layer=layer))
@@ -111,16 +151,23 @@ def print_tables(ro: Readout, layer: int, top: int) -> None:
             row.append(f"{float(pooled_z[li, c]):+.2f}")
         summary.add_row(*row)
     console.print(summary)
-    console.print(f"[bold]tokens: top concept at layer {layer}[/] ({unit}; dim rows are special "
-                  "tokens, not pooled)")
+    console.print(
+        f"[bold]tokens: top concept at layer {layer}[/] ({unit}; dim rows are special "
+        "tokens, not pooled)"
+    )
     tokens = Table()
-    for name, justify in (("#", "right"), ("token", "left"), ("top concept", "left"),
-                          (unit, "right")):
+    for name, justify in (
+        ("#", "right"),
+        ("token", "left"),
+        ("top concept", "left"),
+        (unit, "right"),
+    ):
         tokens.add_column(name, justify=justify)  # type: ignore[arg-type]
     values = (ro.z if ro.z is not None else ro.raw)[:, li]
     for t, token in enumerate(ro.tokens):
         c = int(values[t].argmax())
         style = None if ro.keep[t] else "dim"
-        tokens.add_row(str(t), repr(token), ro.concepts[c], f"{float(values[t, c]):+.2f}",
-                       style=style)
+        tokens.add_row(
+            str(t), repr(token), ro.concepts[c], f"{float(values[t, c]):+.2f}", style=style
+        )
     console.print(tokens)

@@ -28,39 +28,78 @@ default, so only this machine can reach it.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="Hugging Face id or local directory of a decoder LM")
-    parser.add_argument("--vectors", type=Path, default=None,
-                        help="readout.safetensors; without it the server runs with readout off")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="the manifest; by default the vectors path with .json")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind; default 127.0.0.1 (this machine only)")
-    parser.add_argument("--port", type=int, default=8000,
-                        help="port; default 8000 (0 picks a free port and prints it)")
-    parser.add_argument("--served-model-name", default=None,
-                        help="the model id clients see; by default --model")
-    parser.add_argument("--api-key-env", default="AMYGDALA_API_KEY",
-                        help="environment variable holding the Bearer key; default "
-                        "AMYGDALA_API_KEY (unset or empty: no key)")
-    parser.add_argument("--max-concurrency", type=int, default=4,
-                        help="sequences decoded at once (round-robin); more wait; default 4")
-    parser.add_argument("--chat-template", type=Path, default=None,
-                        help="a Jinja chat template file; by default the tokenizer's (a plain "
-                        "'role: content' template when it has none)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N or mps; by default the best available")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere")
+    parser.add_argument(
+        "--model", required=True, help="Hugging Face id or local directory of a decoder LM"
+    )
+    parser.add_argument(
+        "--vectors",
+        type=Path,
+        default=None,
+        help="readout.safetensors; without it the server runs with readout off",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="the manifest; by default the vectors path with .json",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind; default 127.0.0.1 (this machine only)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port; default 8000 (0 picks a free port and prints it)",
+    )
+    parser.add_argument(
+        "--served-model-name", default=None, help="the model id clients see; by default --model"
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="AMYGDALA_API_KEY",
+        help="environment variable holding the Bearer key; default "
+        "AMYGDALA_API_KEY (unset or empty: no key)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=4,
+        help="sequences decoded at once (round-robin); more wait; default 4",
+    )
+    parser.add_argument(
+        "--chat-template",
+        type=Path,
+        default=None,
+        help="a Jinja chat template file; by default the tokenizer's (a plain "
+        "'role: content' template when it has none)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere",
+    )
     parser.add_argument("--revision", default=None, help="model revision")
-    parser.add_argument("--blocks-path", default=None,
-                        help="dotted path of the block list for architectures amygdala "
-                        "doesn't know")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run custom model code from the model repository (off)")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"],
-                        help="uvicorn log level; default warning")
+    parser.add_argument(
+        "--blocks-path",
+        default=None,
+        help="dotted path of the block list for architectures amygdala doesn't know",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model code from the model repository (off)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn log level; default warning",
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -73,8 +112,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
-                          "--port (0 chooses a free one) or --host") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
+            "--port (0 chooses a free one) or --host"
+        ) from None
     sock.listen(128)
     return sock
 
@@ -104,23 +145,44 @@ def run(args: argparse.Namespace) -> int:
         template = args.chat_template.read_text(encoding="utf-8")
     api_key = os.environ.get(args.api_key_env) or None
     artifact = load_artifact(args.vectors, args.manifest) if args.vectors else None
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                    blocks_path=args.blocks_path, trust_remote_code=args.trust_remote_code)
+    lm = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.revision,
+        blocks_path=args.blocks_path,
+        trust_remote_code=args.trust_remote_code,
+    )
     engine = Engine(lm, artifact, max_concurrency=args.max_concurrency)
-    config = ServerConfig(model_name=args.served_model_name or args.model,
-                          manifest=artifact.manifest if artifact else None,
-                          api_key=api_key, chat_template=template)
+    config = ServerConfig(
+        model_name=args.served_model_name or args.model,
+        manifest=artifact.manifest if artifact else None,
+        api_key=api_key,
+        chat_template=template,
+    )
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     if api_key is None and not _is_loopback(args.host):
-        print(f"warning: serving on {args.host} with no API key: anyone who can reach this "
-              f"port can use the model; set ${args.api_key_env}", file=sys.stderr)
-    readout = (f"readout {len(artifact.concepts)} concepts x layers {artifact.layers}"
-               if artifact else "readout off")
-    print(f"amygdala serve: {config.model_name} ({readout}) on http://{shown}:{port}",
-          file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, config), log_level=args.log_level,
-                                           timeout_graceful_shutdown=5))
+        print(
+            f"warning: serving on {args.host} with no API key: anyone who can reach this "
+            f"port can use the model; set ${args.api_key_env}",
+            file=sys.stderr,
+        )
+    readout = (
+        f"readout {len(artifact.concepts)} concepts x layers {artifact.layers}"
+        if artifact
+        else "readout off"
+    )
+    print(
+        f"amygdala serve: {config.model_name} ({readout}) on http://{shown}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(engine, config), log_level=args.log_level, timeout_graceful_shutdown=5
+        )
+    )
     server.run(sockets=[sock])
     return 0

@@ -34,31 +34,56 @@ Mode = Literal["z", "raw"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt (or the user message with --chat)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000",
-                        help="the server; default http://127.0.0.1:8000")
-    parser.add_argument("--api-key-env", default="AMYGDALA_API_KEY",
-                        help="environment variable holding the Bearer key; default "
-                        "AMYGDALA_API_KEY")
-    parser.add_argument("--chat", action="store_true",
-                        help="send the prompt as a chat message (the model's chat template)")
-    parser.add_argument("--max-tokens", type=int, default=256,
-                        help="tokens to generate; default 256")
-    parser.add_argument("--temperature", type=float, default=0.7,
-                        help="sampling temperature (0 = greedy); default 0.7")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the server; default http://127.0.0.1:8000"
+    )
+    parser.add_argument(
+        "--api-key-env",
+        default="AMYGDALA_API_KEY",
+        help="environment variable holding the Bearer key; default AMYGDALA_API_KEY",
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="send the prompt as a chat message (the model's chat template)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=256, help="tokens to generate; default 256"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature (0 = greedy); default 0.7",
+    )
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
-    parser.add_argument("--layer", type=int, default=None,
-                        help="the layer shown first (absolute index); by default the deepest")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="the layer shown first (absolute index); by default the deepest",
+    )
     parser.add_argument("--top", type=int, default=10, help="bars shown; default 10")
-    parser.add_argument("--recent", type=int, default=12,
-                        help="recent tokens listed; default 12")
-    parser.add_argument("--hysteresis", type=float, default=0.1,
-                        help="a concept overtakes a shown row only when it leads by this share "
-                        "of the largest shown value; default 0.1")
-    parser.add_argument("--smooth", type=float, default=0.0,
-                        help="exponential smoothing of the bars over tokens, 0..0.99 (0 = the "
-                        "latest token only); default 0")
-    parser.add_argument("--exit-when-done", action="store_true",
-                        help="quit when the completion ends instead of waiting for q")
+    parser.add_argument("--recent", type=int, default=12, help="recent tokens listed; default 12")
+    parser.add_argument(
+        "--hysteresis",
+        type=float,
+        default=0.1,
+        help="a concept overtakes a shown row only when it leads by this share "
+        "of the largest shown value; default 0.1",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        help="exponential smoothing of the bars over tokens, 0..0.99 (0 = the "
+        "latest token only); default 0",
+    )
+    parser.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="quit when the completion ends instead of waiting for q",
+    )
 
 
 class StableRanking:
@@ -120,23 +145,28 @@ class WatchState:
     status: str = "connecting"
     tokens: int = 0
     recent: deque[tuple[str, list[list[float]], list[list[float]] | None]] = field(
-        default_factory=lambda: deque(maxlen=12))
+        default_factory=lambda: deque(maxlen=12)
+    )
     values: dict[Mode, list[list[float]]] = field(default_factory=dict)
     rankings: dict[tuple[Mode, int], StableRanking] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_token(self, token: str, text: str, raw: list[list[float]],
-                  z: list[list[float]] | None) -> None:
+    def add_token(
+        self, token: str, text: str, raw: list[list[float]], z: list[list[float]] | None
+    ) -> None:
         with self.lock:
             self.tokens += 1
             self.text += text
-            for mode, new in (("raw", raw), ("z", z)):
+            pairs: tuple[tuple[Mode, list[list[float]] | None], ...] = (("raw", raw), ("z", z))
+            for mode, new in pairs:
                 if new is None:
                     continue
-                old = self.values.get(mode)  # type: ignore[call-overload]
+                old = self.values.get(mode)
                 a = self.smooth if old is not None else 0.0
-                self.values[mode] = [[a * o + (1 - a) * n for o, n in zip(orow, nrow)]  # type: ignore[index]
-                                     for orow, nrow in zip(old or new, new)]
+                self.values[mode] = [
+                    [a * o + (1 - a) * n for o, n in zip(orow, nrow)]
+                    for orow, nrow in zip(old or new, new)
+                ]
             self.recent.append((token, raw, z))
             for (mode, li), rank in self.rankings.items():
                 if mode in self.values:
@@ -177,11 +207,17 @@ def render(state: WatchState, title: str) -> Any:
         order, row = state.shown()
         layer = state.layers[state.layer_index]
         unit = "z-scores" if state.mode == "z" else "raw dot products"
-        keys = f"keys 1-{min(9, len(state.layers))}: layer · " + (
-            "r: raw/z" if state.calibrated else "no calibration: raw only") + " · q: quit"
-        head = Text.assemble((f"layer {layer} · {unit}", "bold cyan"),
-                             f"  ·  {state.tokens} tokens · {state.status}\n",
-                             (title, "bold"), f"  ·  {keys}")
+        keys = (
+            f"keys 1-{min(9, len(state.layers))}: layer · "
+            + ("r: raw/z" if state.calibrated else "no calibration: raw only")
+            + " · q: quit"
+        )
+        head = Text.assemble(
+            (f"layer {layer} · {unit}", "bold cyan"),
+            f"  ·  {state.tokens} tokens · {state.status}\n",
+            (title, "bold"),
+            f"  ·  {keys}",
+        )
         bars = Table.grid(padding=(0, 1))
         bars.add_column(justify="right", min_width=16)
         bars.add_column(width=42)
@@ -190,20 +226,26 @@ def render(state: WatchState, title: str) -> Any:
         for c in order:
             v = row[c]
             n = round(40 * abs(v) / scale)
-            bars.add_row(state.concepts[c], Text("█" * n, style="red" if v >= 0 else "blue"),
-                         f"{v:+.2f}")
+            bars.add_row(
+                state.concepts[c], Text("█" * n, style="red" if v >= 0 else "blue"), f"{v:+.2f}"
+            )
         recent = Table("token", "top concept", "value", box=None, padding=(0, 2))
         for token, raw, z in list(state.recent):
             vals = (z if state.mode == "z" and z is not None else raw)[state.layer_index]
             c = max(range(len(vals)), key=vals.__getitem__)
             recent.add_row(repr(token), state.concepts[c], f"{vals[c]:+.2f}")
         body = Text(state.text[-600:] or "…")
-    return Group(head, Panel(bars, title=f"top concepts · layer {layer}"),
-                 Panel(recent, title="recent tokens"), Panel(body, title="completion"))
+    return Group(
+        head,
+        Panel(bars, title=f"top concepts · layer {layer}"),
+        Panel(recent, title="recent tokens"),
+        Panel(body, title="completion"),
+    )
 
 
-def stream_events(url: str, body: dict[str, Any], headers: dict[str, str]
-                  ) -> Iterator[dict[str, Any]]:
+def stream_events(
+    url: str, body: dict[str, Any], headers: dict[str, str]
+) -> Iterator[dict[str, Any]]:
     """The JSON objects of a server-sent event stream (until `[DONE]`)."""
     import httpx
 
@@ -231,8 +273,9 @@ def _consume(state: WatchState, url: str, body: dict[str, Any], headers: dict[st
                 if "readout" not in choice:
                     continue
                 text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
-                state.add_token(choice.get("token", ""), text, choice["readout"],
-                                choice.get("readout_z"))
+                state.add_token(
+                    choice.get("token", ""), text, choice["readout"], choice.get("readout_z")
+                )
                 if choice.get("finish_reason"):
                     state.status = f"done ({choice['finish_reason']})"
         if state.status == "streaming":
@@ -272,8 +315,9 @@ def _setup(args: argparse.Namespace) -> tuple[WatchState, str, dict[str, Any], d
         models = httpx.get(f"{base}/v1/models", headers=headers, timeout=10)
         manifest = httpx.get(f"{base}/v1/readout/manifest", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach {base} ({exc}); start `amygdala serve` or pass --url"
-                          ) from None
+        raise ConfigError(
+            f"cannot reach {base} ({exc}); start `amygdala serve` or pass --url"
+        ) from None
     if models.status_code == 401:
         raise ConfigError(f"{base} wants an API key: put it in ${args.api_key_env}")
     if manifest.status_code == 404:
@@ -282,9 +326,14 @@ def _setup(args: argparse.Namespace) -> tuple[WatchState, str, dict[str, Any], d
         raise ConfigError(f"{base} answered HTTP {models.status_code}/{manifest.status_code}")
     man = manifest.json()
     layers = [int(x) for x in man["layers"]]
-    state = WatchState(concepts=list(man["concepts"]), layers=layers,
-                       calibrated="calibration" in man, top=args.top,
-                       hysteresis=args.hysteresis, smooth=args.smooth)
+    state = WatchState(
+        concepts=list(man["concepts"]),
+        layers=layers,
+        calibrated="calibration" in man,
+        top=args.top,
+        hysteresis=args.hysteresis,
+        smooth=args.smooth,
+    )
     state.recent = deque(maxlen=args.recent)
     state.mode = "z" if state.calibrated else "raw"
     if args.layer is not None:
@@ -294,8 +343,12 @@ def _setup(args: argparse.Namespace) -> tuple[WatchState, str, dict[str, Any], d
     else:
         state.layer_index = len(layers) - 1
     model = models.json()["data"][0]["id"]
-    body: dict[str, Any] = {"model": model, "max_tokens": args.max_tokens, "stream": True,
-                            "temperature": args.temperature}
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": args.max_tokens,
+        "stream": True,
+        "temperature": args.temperature,
+    }
     if args.seed is not None:
         body["seed"] = args.seed
     if args.chat:
@@ -322,8 +375,12 @@ def run(args: argparse.Namespace) -> int:
     worker.start()
     title = f"amygdala watch · {body['model']}"
     console = Console()
-    with _cbreak() as keys, Live(render(state, title), console=console, screen=keys,
-                                 auto_refresh=False, transient=False) as live:
+    with (
+        _cbreak() as keys,
+        Live(
+            render(state, title), console=console, screen=keys, auto_refresh=False, transient=False
+        ) as live,
+    ):
         while True:
             if keys:
                 ready = select.select([sys.stdin], [], [], 0.1)[0]

@@ -55,8 +55,7 @@ class ServerConfig:
     chat_template: str | None  # None: the tokenizer's, else a plain fallback
 
 
-async def engine_events(engine: Engine, requests: list[GenerationRequest]
-                        ) -> AsyncIterator[Event]:
+async def engine_events(engine: Engine, requests: list[GenerationRequest]) -> AsyncIterator[Event]:
     """The events of `requests`, as they come; leaving early cancels the sequences."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -86,8 +85,11 @@ class _EventStream(StreamingResponse):
     """A streaming response that always closes its generator (so its sequences stop)."""
 
     def __init__(self, content: AsyncIterator[str]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         self._content = content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,8 +118,9 @@ class Api:
         self.engine = engine
         self.config = config
         tok = engine.tokenizer
-        self.template = config.chat_template or (None if getattr(tok, "chat_template", None)
-                                                 else FALLBACK_CHAT_TEMPLATE)
+        self.template = config.chat_template or (
+            None if getattr(tok, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
+        )
 
     def token_text(self, ids: Any) -> list[str]:
         return list(token_strings(self.engine.tokenizer, list(ids)))
@@ -128,17 +131,23 @@ class Api:
             return True
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                                  key.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), key.encode()
+        )
 
-    def guard(self, handler: Callable[[Request], Awaitable[Response]]
-              ) -> Callable[[Request], Awaitable[Response]]:
+    def guard(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """Auth first, then the handler; `RequestError`s become OpenAI error bodies."""
+
         async def wrapped(request: Request) -> Response:
             try:
                 if not self.authorized(request):
-                    raise RequestError(401, "missing or wrong API key: send 'Authorization: "
-                                       "Bearer <key>'", code="invalid_api_key")
+                    raise RequestError(
+                        401,
+                        "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                        code="invalid_api_key",
+                    )
                 return await handler(request)
             except RequestError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status)
@@ -149,14 +158,26 @@ class Api:
         return JSONResponse({"status": "ok", **self.engine.snapshot()})
 
     async def models(self, _request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{
-            "id": self.config.model_name, "object": "model", "created": int(time.time()),
-            "owned_by": "amygdala", "readout": self.config.manifest is not None}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.config.model_name,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "amygdala",
+                        "readout": self.config.manifest is not None,
+                    }
+                ],
+            }
+        )
 
     async def manifest(self, _request: Request) -> Response:
         if self.config.manifest is None:
-            raise RequestError(404, "readout is off: this server was started without "
-                               "--vectors", code="readout_off")
+            raise RequestError(
+                404, "readout is off: this server was started without --vectors", code="readout_off"
+            )
         return JSONResponse(self.config.manifest)
 
     async def completions(self, request: Request) -> Response:
@@ -167,8 +188,13 @@ class Api:
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
         room = self.engine.max_positions
-        parsed = parse_chat(body, self.engine.tokenizer, self.template,
-                            with_readout=self._readout_on, default_max=room)
+        parsed = parse_chat(
+            body,
+            self.engine.tokenizer,
+            self.template,
+            with_readout=self._readout_on,
+            default_max=room,
+        )
         return await self._answer(parsed, request)
 
     @property
@@ -182,8 +208,13 @@ class Api:
             raise RequestError(400, "the request body is not valid JSON") from None
         model = body.get("model") if isinstance(body, dict) else None
         if model not in (None, "", self.config.model_name):
-            raise RequestError(404, f"model {model!r} is not served here; this server serves "
-                               f"{self.config.model_name!r}", "model", "model_not_found")
+            raise RequestError(
+                404,
+                f"model {model!r} is not served here; this server serves "
+                f"{self.config.model_name!r}",
+                "model",
+                "model_not_found",
+            )
         return body
 
     async def _answer(self, parsed: Parsed, request: Request) -> Response:
@@ -207,8 +238,9 @@ class Api:
         tokens, prompts = work.result()
         return JSONResponse(builder.final(tokens, prompts))
 
-    async def _collect(self, parsed: Parsed
-                       ) -> tuple[dict[int, list[TokenEvent]], dict[int, PromptEvent]]:
+    async def _collect(
+        self, parsed: Parsed
+    ) -> tuple[dict[int, list[TokenEvent]], dict[int, PromptEvent]]:
         tokens: dict[int, list[TokenEvent]] = {}
         prompts: dict[int, PromptEvent] = {}
         async for event in engine_events(self.engine, parsed.requests()):
@@ -231,8 +263,9 @@ class Api:
             if isinstance(event, ErrorEvent):
                 yield _sse(RequestError(500, f"generation failed: {event.message}").body())
                 continue
-            if event.index not in started and (parsed.kind == "chat"
-                                               or isinstance(event, PromptEvent)):
+            if event.index not in started and (
+                parsed.kind == "chat" or isinstance(event, PromptEvent)
+            ):
                 started.add(event.index)
                 prompt = event if isinstance(event, PromptEvent) else None
                 yield _sse(builder.role_chunk(event.index, prompt))

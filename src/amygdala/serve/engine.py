@@ -121,7 +121,8 @@ Event = PromptEvent | TokenEvent | ErrorEvent
 def is_final(event: Event) -> bool:
     """Whether `event` is the last one of its sequence."""
     return isinstance(event, ErrorEvent) or (
-        isinstance(event, TokenEvent) and event.finish_reason is not None)
+        isinstance(event, TokenEvent) and event.finish_reason is not None
+    )
 
 
 def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
@@ -154,24 +155,25 @@ class Detokenizer:
         self.emitted = 0  # characters of `text` handed out
 
     def _decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True,
-                                         clean_up_tokenization_spaces=False))
+        return str(
+            self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
 
     def add(self, token_id: int) -> tuple[str, bool]:
         """Feed one id; returns `(text to emit now, a stop string was reached)`."""
         self.ids.append(token_id)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.text += after[len(before):]
+            self.text += after[len(before) :]
             self.prefix, self.read = self.read, len(self.ids)
         cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
-            delta = self.text[self.emitted:cut]
+            delta = self.text[self.emitted : cut]
             self.emitted = cut
             return delta, True
         safe = len(self.text) - self._held_back()
-        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
+        delta = self.text[self.emitted : safe] if safe > self.emitted else ""
         self.emitted = max(self.emitted, safe)
         return delta, False
 
@@ -186,9 +188,11 @@ class Detokenizer:
 
     def flush(self) -> str:
         """Everything not yet emitted (the sequence ended for another reason)."""
-        rest = self._decode(self.ids[self.prefix:])[len(self._decode(self.ids[self.prefix:self.read])):]
+        rest = self._decode(self.ids[self.prefix :])[
+            len(self._decode(self.ids[self.prefix : self.read])) :
+        ]
         self.text += rest
-        delta, self.emitted = self.text[self.emitted:], len(self.text)
+        delta, self.emitted = self.text[self.emitted :], len(self.text)
         return delta
 
 
@@ -223,15 +227,17 @@ class _Sequence:
             self.detok = Detokenizer(engine.tokenizer, req.prompt_ids, req.params.stop)
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(62)
             self.generator = torch.Generator(device=engine.device).manual_seed(seed + req.index)
-            logits, raw = engine.forward(self, list(req.prompt_ids), record=read and req.readout_prompt,
-                                         need_logits=True)
+            logits, raw = engine.forward(
+                self, list(req.prompt_ids), record=read and req.readout_prompt, need_logits=True
+            )
             if raw is not None:
                 self.sink(engine.prompt_event(req, raw))
             return self._sample(logits, read)
         pending = self.pending
         assert pending is not None  # invariant: a started, unfinished sequence has one
-        logits, raw = engine.forward(self, [pending.token_id], record=read,
-                                     need_logits=pending.finish is None)
+        logits, raw = engine.forward(
+            self, [pending.token_id], record=read, need_logits=pending.finish is None
+        )
         if read:
             self.sink(engine.token_event(req.index, pending, raw))
         if pending.finish is not None:
@@ -247,8 +253,10 @@ class _Sequence:
         finish: FinishReason | None = None
         if stopped or (token in engine.eos_ids and not req.params.ignore_eos):
             finish = "stop"
-        elif (self.generated >= req.params.max_tokens
-              or len(req.prompt_ids) + self.generated >= engine.max_positions):
+        elif (
+            self.generated >= req.params.max_tokens
+            or len(req.prompt_ids) + self.generated >= engine.max_positions
+        ):
             finish = "length"
         if finish is not None and not stopped:
             text += self.detok.flush()
@@ -283,11 +291,14 @@ class Handle:
 class Engine:
     """Owns the model and decodes submitted sequences on one worker thread."""
 
-    def __init__(self, lm: LoadedModel, artifact: Artifact | None = None, *,
-                 max_concurrency: int = 4) -> None:
+    def __init__(
+        self, lm: LoadedModel, artifact: Artifact | None = None, *, max_concurrency: int = 4
+    ) -> None:
         if lm.kind != "decoder":
-            raise ConfigError(f"{lm.model_id!r} is an encoder; serving needs a decoder LM "
-                              "(a model loaded with AutoModelForCausalLM)")
+            raise ConfigError(
+                f"{lm.model_id!r} is an encoder; serving needs a decoder LM "
+                "(a model loaded with AutoModelForCausalLM)"
+            )
         if max_concurrency < 1:
             raise ConfigError("--max-concurrency must be at least 1")
         self.lm = lm
@@ -314,8 +325,7 @@ class Engine:
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="amygdala-engine",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="amygdala-engine", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
@@ -355,21 +365,26 @@ class Engine:
         if not ids:
             raise ConfigError("the prompt is empty (no tokens)")
         if len(ids) >= self.max_positions:
-            raise ConfigError(f"the prompt has {len(ids)} tokens; this model takes at most "
-                              f"{self.max_positions} positions, so nothing can be generated")
+            raise ConfigError(
+                f"the prompt has {len(ids)} tokens; this model takes at most "
+                f"{self.max_positions} positions, so nothing can be generated"
+            )
         vocab = int(getattr(self.lm.model.config, "vocab_size", 0) or 0)
         if vocab and any(not 0 <= i < vocab for i in ids):
             raise ConfigError(f"prompt token ids must be in 0..{vocab - 1}")
 
     # ---- worker thread ---------------------------------------------------------------
 
-    def forward(self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
-                ) -> tuple[Tensor | None, Tensor | None]:
+    def forward(
+        self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
         """One forward pass of `ids` on `seq`'s cache: (last logits, fused readout
         `[n, L, C or 2C]`, see `Projector.project_fused`)."""
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
-            "past_key_values": seq.cache, "use_cache": True}
+            "past_key_values": seq.cache,
+            "use_cache": True,
+        }
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
         raw = None

@@ -35,25 +35,36 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 # Parameters whose non-default values we cannot honour: rejected, not ignored.
-_UNSUPPORTED: dict[str, tuple[Any, ...]] = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
-                "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
-                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-                "tools": (None, []), "response_format": (None, {"type": "text"})}
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "response_format": (None, {"type": "text"}),
+}
 
 
 class RequestError(ValueError):
     """A request the server answers with an OpenAI-style error (status, message, param)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param,
-                          "code": self.code}}
+            self.status, "invalid_request_error" if self.status < 500 else "server_error"
+        )
+        return {
+            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        }
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,12 @@ class Parsed:
     readout_prompt: bool
 
     def requests(self) -> list[GenerationRequest]:
-        return [GenerationRequest(self.prompt_ids, self.params, self.readout, self.readout_prompt,
-                                  index=i) for i in range(self.n)]
+        return [
+            GenerationRequest(
+                self.prompt_ids, self.params, self.readout, self.readout_prompt, index=i
+            )
+            for i in range(self.n)
+        ]
 
 
 def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any) -> Any:
@@ -81,15 +96,24 @@ def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], defaul
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
         raise RequestError(400, f"'{name}' must be {_type_name(types)}, got a boolean", name)
     if not isinstance(value, types):
-        raise RequestError(400, f"'{name}' must be {_type_name(types)}, got "
-                           f"{type(value).__name__}", name)
+        raise RequestError(
+            400, f"'{name}' must be {_type_name(types)}, got {type(value).__name__}", name
+        )
     return value
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
     names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
-    return " or ".join({"int": "an integer", "float": "a number", "str": "a string",
-                        "bool": "a boolean", "list": "a list"}.get(n, n) for n in names)
+    return " or ".join(
+        {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "a boolean",
+            "list": "a list",
+        }.get(n, n)
+        for n in names
+    )
 
 
 def _check_unsupported(body: dict[str, Any]) -> None:
@@ -111,24 +135,32 @@ def _sampling(body: dict[str, Any], default_max: int) -> SamplingParams:
             max_tokens=max_tokens,
             temperature=float(_get(body, "temperature", (int, float), 1.0)),
             top_p=float(_get(body, "top_p", (int, float), 1.0)),
-            stop=stops, seed=_get(body, "seed", int, None),
-            ignore_eos=_get(body, "ignore_eos", bool, False))
+            stop=stops,
+            seed=_get(body, "seed", int, None),
+            ignore_eos=_get(body, "ignore_eos", bool, False),
+        )
     except ConfigError as exc:
         raise RequestError(400, str(exc)) from None
 
 
-def _common(kind: Kind, body: dict[str, Any], ids: list[int], default_max: int,
-            with_readout: bool) -> Parsed:
+def _common(
+    kind: Kind, body: dict[str, Any], ids: list[int], default_max: int, with_readout: bool
+) -> Parsed:
     _check_unsupported(body)
     n = _get(body, "n", int, 1)
     if not 1 <= n <= MAX_N:
         raise RequestError(400, f"'n' must be in 1..{MAX_N}", "n")
     options = _get(body, "stream_options", dict, {})
-    return Parsed(kind=kind, prompt_ids=tuple(ids), params=_sampling(body, default_max), n=n,
-                  stream=_get(body, "stream", bool, False),
-                  include_usage=bool(options.get("include_usage", False)),
-                  readout=with_readout and _get(body, "readout", bool, True),
-                  readout_prompt=with_readout and _get(body, "readout_prompt", bool, False))
+    return Parsed(
+        kind=kind,
+        prompt_ids=tuple(ids),
+        params=_sampling(body, default_max),
+        n=n,
+        stream=_get(body, "stream", bool, False),
+        include_usage=bool(options.get("include_usage", False)),
+        readout=with_readout and _get(body, "readout", bool, True),
+        readout_prompt=with_readout and _get(body, "readout_prompt", bool, False),
+    )
 
 
 def parse_completion(body: Any, tokenizer: Any, *, with_readout: bool) -> Parsed:
@@ -140,17 +172,24 @@ def parse_completion(body: Any, tokenizer: Any, *, with_readout: bool) -> Parsed
         prompt = prompt[0]
     if isinstance(prompt, str):
         ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    elif isinstance(prompt, list) and prompt and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)
+    ):
         ids = list(prompt)
     else:
-        raise RequestError(400, "'prompt' must be a string or a list of token ids (one prompt "
-                           "per request)", "prompt")
+        raise RequestError(
+            400,
+            "'prompt' must be a string or a list of token ids (one prompt per request)",
+            "prompt",
+        )
     return _common("completion", body, ids, 16, with_readout)
 
 
-def parse_chat(body: Any, tokenizer: Any, template: str | None, *, with_readout: bool,
-               default_max: int) -> Parsed:
+def parse_chat(
+    body: Any, tokenizer: Any, template: str | None, *, with_readout: bool, default_max: int
+) -> Parsed:
     """`POST /v1/chat/completions`: messages through the chat template."""
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
@@ -159,11 +198,13 @@ def parse_chat(body: Any, tokenizer: Any, template: str | None, *, with_readout:
         raise RequestError(400, "'messages' must be a non-empty list", "messages")
     clean = [_message(m, i) for i, m in enumerate(messages)]
     try:
-        text = tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True,
-                                             chat_template=template)
+        text = tokenizer.apply_chat_template(
+            clean, tokenize=False, add_generation_prompt=True, chat_template=template
+        )
     except Exception as exc:  # jinja errors of a user template come in many types
-        raise RequestError(400, f"the chat template failed on these messages: {exc}",
-                           "messages") from None
+        raise RequestError(
+            400, f"the chat template failed on these messages: {exc}", "messages"
+        ) from None
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return _common("chat", body, ids, default_max, with_readout)
 
@@ -175,8 +216,9 @@ def _message(m: Any, i: int) -> dict[str, str]:
     if isinstance(content, list):  # [{"type": "text", "text": …}, …]
         parts = [p.get("text") for p in content if isinstance(p, dict)]
         if not all(isinstance(p, str) for p in parts) or len(parts) != len(content):
-            raise RequestError(400, f"messages[{i}].content: only text parts are supported",
-                               "messages")
+            raise RequestError(
+                400, f"messages[{i}].content: only text parts are supported", "messages"
+            )
         content = "".join(parts)  # type: ignore[arg-type]
     if content is None:
         content = ""
@@ -199,8 +241,13 @@ class ResponseBuilder:
 
     def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
         obj = self.object + (".chunk" if chunk and self.parsed.kind == "chat" else "")
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": choices}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
 
     def _text_field(self, text: str, first: bool) -> dict[str, Any]:
         if self.parsed.kind == "completion":
@@ -211,8 +258,11 @@ class ResponseBuilder:
         return {"delta": delta, "logprobs": None}
 
     def prompt_readout(self, event: PromptEvent) -> dict[str, Any]:
-        out = {"token_ids": list(event.token_ids), "tokens": self.token_text(event.token_ids),
-               "readout": event.raw}
+        out = {
+            "token_ids": list(event.token_ids),
+            "tokens": self.token_text(event.token_ids),
+            "readout": event.raw,
+        }
         if event.z is not None:
             out["readout_z"] = event.z
         return out
@@ -225,10 +275,13 @@ class ResponseBuilder:
         return self._envelope([choice], True)
 
     def token_chunk(self, event: TokenEvent) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": event.index, **self._text_field(event.text, False),
-                                  "finish_reason": event.finish_reason,
-                                  "token_id": event.token_id,
-                                  "token": self.token_text([event.token_id])[0]}
+        choice: dict[str, Any] = {
+            "index": event.index,
+            **self._text_field(event.text, False),
+            "finish_reason": event.finish_reason,
+            "token_id": event.token_id,
+            "token": self.token_text([event.token_id])[0],
+        }
         if event.raw is not None:
             choice["readout"] = event.raw
         if event.z is not None:
@@ -237,14 +290,18 @@ class ResponseBuilder:
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         prompt = len(self.parsed.prompt_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                "total_tokens": prompt + completion_tokens}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        }
 
     def usage_chunk(self, completion_tokens: int) -> dict[str, Any]:
         return {**self._envelope([], True), "usage": self.usage(completion_tokens)}
 
-    def final(self, tokens: dict[int, list[TokenEvent]],
-              prompts: dict[int, PromptEvent]) -> dict[str, Any]:
+    def final(
+        self, tokens: dict[int, list[TokenEvent]], prompts: dict[int, PromptEvent]
+    ) -> dict[str, Any]:
         """The non-streamed response: every choice with its per-token readouts."""
         choices = []
         for index in range(self.parsed.n):
@@ -256,9 +313,14 @@ class ResponseBuilder:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
-            choice.update({"logprobs": None,
-                           "finish_reason": events[-1].finish_reason if events else "length",
-                           "token_ids": ids, "tokens": self.token_text(ids)})
+            choice.update(
+                {
+                    "logprobs": None,
+                    "finish_reason": events[-1].finish_reason if events else "length",
+                    "token_ids": ids,
+                    "tokens": self.token_text(ids),
+                }
+            )
             if events and events[0].raw is not None:
                 choice["readout"] = [e.raw for e in events]
             if events and events[0].z is not None:
