@@ -8,6 +8,7 @@ forward pass without a KV cache, against the server's cached, incremental decodi
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -435,3 +436,31 @@ def test_engine_kv_cache_parity_across_architectures(
     ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens])
     torch.testing.assert_close(torch.tensor([e.raw for e in tokens]), ref.raw[len(prompt) :], **TOL)
     assert not any(m._forward_hooks for m in model.model.modules())
+
+
+# ---- the command line refuses what cannot work, before serving -------------------------
+
+
+def test_serve_cli_errors(
+    model_dir: Path,
+    vectors: Path,
+    minilm_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from amygdala.cli import main
+
+    assert main(["serve", "--model", str(minilm_dir), "--device", "cpu"]) == 2
+    assert "is an encoder; serving needs a decoder LM" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model_dir), "--manifest", "m.json"]) == 2
+    assert "--manifest needs --vectors" in capsys.readouterr().err
+    wide = random_artifact(model_dir, tmp_path / "w.safetensors", [1], CONCEPTS, hidden=32)
+    assert main(["serve", "--model", str(model_dir), "--vectors", str(wide)]) == 2
+    assert "hidden size 32" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        args = ["serve", "--model", str(model_dir), "--vectors", str(vectors), "--port", str(port)]
+        assert main(args) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
