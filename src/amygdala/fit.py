@@ -343,8 +343,8 @@ def whitened(stats: ConceptStats) -> Tensor:
     difference that actually separates the concept. `Σ_w` is the scatter of each
     concept's positives around their own mean, pooled over concepts (`WithinScatter`),
     shrunk toward `(tr Σ_w / H)·I` by `whitening_shrinkage` (√(H/n)). The default method.
-    Cost: one streaming pass; `L·H²` float64 memory (840 MB at hidden 5120 × 4 layers)
-    plus one Cholesky per layer.
+    Cost: one streaming pass; `L·H²` float64 memory (840 MB at hidden 5120 × 4 layers),
+    `n·L·H²` multiply-adds to accumulate it, plus one Cholesky per layer.
     """
     if stats.within is None:
         raise ConfigError(
