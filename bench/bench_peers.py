@@ -1,0 +1,347 @@
+"""Section 2: amygdala against the peers, repeng and steering-vectors.
+
+Each peer lives in its own virtual environment under bench/.venvs/<peer> (they pin
+transformers < 5), created here on first use with
+`python -m venv` + `pip install torch==2.13.0 'transformers<5' <peer>`. A peer whose
+install or run fails is reported as "not available: <reason>", never a crash.
+
+Same texts for everyone: the GoEmotions training data of section 1, turned into
+contrast pairs (both peers take `(positive, negative)` pairs, one concept per call):
+per emotion its first k positives with its first k negatives, k = min(P, N, cap).
+amygdala trains all concepts in one process from a training-data directory holding
+exactly those texts. Closest equivalent settings: last-token pooling (what both peers
+read), difference of means (`--method mean_diff`; steering-vectors' default
+`mean_aggregator`, while repeng only offers PCA methods and runs its default
+`pca_diff`), the same layers, and batch size 16 for all three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import datasets
+from bench.common import (
+    BENCH,
+    Context,
+    DecoderSpec,
+    amygdala_cmd,
+    bench_env,
+    build_decoder,
+    minilm_path,
+    run_timed,
+    table,
+    verdict,
+)
+
+NAME = "peers"
+TITLE = "2. Against the peers"
+PEERS = ("repeng", "steering-vectors")
+VENVS = Path(os.environ.get("AMYGDALA_BENCH_VENVS", BENCH / ".venvs"))
+PIP_SPEC = ("torch==2.13.0", "transformers<5")
+BATCH = 16
+LAYERS = "1,2,3"
+GOAL = 5.0
+PAIR_CAP = 100  # pairs per concept (27 concepts); the peers forward 2 texts per pair
+
+
+def venv_python(peer: str) -> Path:
+    return VENVS / peer / "bin" / "python"
+
+
+def peer_version(peer: str) -> str | None:
+    """The peer's version in its venv, or None when it is not importable there."""
+    py = venv_python(peer)
+    if not py.exists():
+        return None
+    code = (
+        "import importlib.metadata as m, importlib; importlib.import_module("
+        f"{peer.replace('-', '_')!r}); print(m.version({peer!r}), m.version('transformers'))"
+    )
+    proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def ensure_venv(peer: str, install: bool, log: Path) -> tuple[str | None, str]:
+    """`(version, note)`; version None means not available, and the note says why."""
+    version = peer_version(peer)
+    if version:
+        return version, "venv reused"
+    if not install:
+        return None, f"no venv at {VENVS / peer} (run `python -m bench` without --quick)"
+    start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(VENVS / peer)],
+            [str(venv_python(peer)), "-m", "pip", "install", "-q", *PIP_SPEC, peer],
+        ]
+        for cmd in steps:
+            try:
+                rc = subprocess.run(
+                    cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=900
+                ).returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return None, f"install failed: {type(exc).__name__}: {exc}"
+            if rc != 0:
+                return None, f"install failed (`{' '.join(cmd[-3:])}` exited {rc}; see {log})"
+    version = peer_version(peer)
+    if not version:
+        return None, f"installed but `import {peer.replace('-', '_')}` fails; see {log}"
+    return version, f"venv created in {time.perf_counter() - start:.0f} s"
+
+
+def write_pairs(data_dir: Path, out: Path, cap: int) -> tuple[Path, Path, int, int]:
+    """pairs.json for the peers and a training-data directory with the same texts."""
+    pairs: dict[str, list[list[str]]] = {}
+    for path in sorted(data_dir.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        pos = [r["text"] for r in rows if r["polarity"] == "positive"]
+        neg = [r["text"] for r in rows if r["polarity"] == "negative"]
+        k = min(len(pos), len(neg), cap)
+        if k:
+            pairs[path.stem] = [[p, n] for p, n in zip(pos[:k], neg[:k])]
+    out.mkdir(parents=True, exist_ok=True)
+    pairs_path = out / "pairs.json"
+    pairs_path.write_text(json.dumps(pairs), encoding="utf-8")
+    train_dir = out / "training-data"
+    train_dir.mkdir(exist_ok=True)
+    for old in train_dir.glob("*.jsonl"):
+        old.unlink()
+    unique = set()
+    for concept, items in pairs.items():
+        with open(train_dir / f"{concept}.jsonl", "w", encoding="utf-8") as fh:
+            for p, n in items:
+                unique.update((p, n))
+                for text, polarity in ((p, "positive"), (n, "negative")):
+                    fh.write(
+                        json.dumps({"emotion": concept, "polarity": polarity, "text": text}) + "\n"
+                    )
+    forwards = 2 * sum(len(v) for v in pairs.values())
+    return pairs_path, train_dir, forwards, len(unique)
+
+
+def peer_model_spec(ctx: Context) -> DecoderSpec:
+    """MiniLM's shape as a decoder: 6 blocks, hidden 384, 12 heads, MLP 1536."""
+    if ctx.quick:
+        return DecoderSpec(layers=4, hidden=32, heads=2, intermediate=64, vocab=800)
+    return DecoderSpec(layers=6, hidden=384, heads=12, intermediate=1536, vocab=8000)
+
+
+def run_model(
+    ctx: Context,
+    label: str,
+    model: str,
+    pairs: Path,
+    train_dir: Path,
+    versions: dict[str, tuple[str | None, str]],
+) -> list[dict[str, Any]]:
+    out = ctx.workdir / "peers" / label
+    env = bench_env(ctx.workdir)
+    amy_out = out / "amygdala" / "readout.safetensors"
+    amy = run_timed(
+        amygdala_cmd(
+            "train",
+            "--model",
+            model,
+            "--training-data-dir",
+            str(train_dir),
+            "--output",
+            str(amy_out),
+            "--target-layers",
+            LAYERS,
+            "--batch-size",
+            str(BATCH),
+            "--pooling",
+            "last",
+            "--method",
+            "mean_diff",
+            "--min-examples",
+            "1",
+            "--vectors-dtype",
+            "float32",
+            "--no-cache",
+            "--no-progress",
+        ),
+        out / "amygdala.log",
+        env=env,
+    ).check()
+    rows = [{"model": label, "tool": "amygdala", "wall_s": amy.wall_s, "status": "ok"}]
+    for peer in PEERS:
+        version, note = versions[peer]
+        row: dict[str, Any] = {"model": label, "tool": peer, "version": version}
+        if version is None:
+            rows.append({**row, "status": f"not available: {note}"})
+            continue
+        vec = out / peer / "vectors.safetensors"
+        proc = run_timed(
+            [
+                str(venv_python(peer)),
+                str(BENCH / "peer_train.py"),
+                "--peer",
+                peer,
+                "--model",
+                model,
+                "--pairs",
+                str(pairs),
+                "--target-layers",
+                LAYERS,
+                "--batch-size",
+                str(BATCH),
+                "--output",
+                str(vec),
+            ],
+            out / f"{peer}.log",
+            env={**env, "PYTHONPATH": ""},
+        )
+        if proc.returncode != 0:
+            last = [ln for ln in proc.tail(40).splitlines() if ln.strip()]
+            reason = last[-1].strip() if last else f"exit {proc.returncode}"
+            rows.append({**row, "status": f"not available: fails on this model: {reason[:160]}"})
+            continue
+        rows.append(
+            {
+                **row,
+                "status": "ok",
+                "wall_s": proc.wall_s,
+                "speedup": proc.wall_s / amy.wall_s,
+                "cosine": _cosines(amy_out, vec),
+            }
+        )
+    return rows
+
+
+def _cosines(a: Path, b: Path) -> float:
+    """Mean |cosine| between matching rows (repeng's PCA sign is arbitrary per layer)."""
+    import torch
+
+    from bench.common import load_vectors
+
+    ca, va = load_vectors(a)
+    cb, vb = load_vectors(b)
+    vals = []
+    for layer in va:
+        x = va[layer][[ca.index(c) for c in cb]]
+        vals.append(torch.nn.functional.cosine_similarity(x, vb[layer], dim=-1).abs())
+    return float(torch.cat(vals).mean())
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    install = not ctx.quick and os.environ.get("AMYGDALA_BENCH_NO_INSTALL") != "1"
+    versions = {
+        p: ensure_venv(p, install, ctx.workdir / "peers" / f"install-{p}.log") for p in PEERS
+    }
+    ge = datasets.goemotions(ctx)
+    pairs, train_dir, forwards, unique = write_pairs(
+        ge.data_dir, ctx.workdir / "peers" / "data", 4 if ctx.quick else PAIR_CAP
+    )
+    decoder = build_decoder(
+        peer_model_spec(ctx), ctx.workdir / "models" / "peer-decoder", datasets.goemotions_texts()
+    )
+    rows = []
+    for label, model in (
+        ("MiniLM", str(minilm_path())),
+        (peer_model_spec(ctx).describe(), str(decoder)),
+    ):
+        rows += run_model(ctx, label, model, pairs, train_dir, versions)
+    for r in rows:
+        r.update(
+            forwards=forwards,
+            unique_texts=unique,
+            concepts=_count(pairs),
+            note=versions.get(r["tool"], (None, ""))[1],
+        )
+    return rows
+
+
+def _count(pairs: Path) -> int:
+    return len(json.loads(pairs.read_text(encoding="utf-8")))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "model",
+        "tool",
+        "texts forwarded",
+        "wall (s)",
+        "amygdala faster by",
+        "goal",
+        "mean abs cosine vs amygdala",
+    ]
+    body = []
+    for r in rows:
+        fw = f"{r['unique_texts']:,} (unique)" if r["tool"] == "amygdala" else f"{r['forwards']:,}"
+        if r["status"] != "ok":
+            body.append([r["model"], r["tool"], "—", r["status"], "—", "—", "—"])
+        elif r["tool"] == "amygdala":
+            body.append([r["model"], "amygdala", fw, f"{r['wall_s']:,.1f}", "—", "—", "—"])
+        else:
+            body.append(
+                [
+                    r["model"],
+                    f"{r['tool']} {r['version'].split()[0]}",
+                    fw,
+                    f"{r['wall_s']:,.1f}",
+                    f"**{r['speedup']:.1f}×**",
+                    f"≥ {GOAL:.0f}× " + verdict(r["speedup"] >= GOAL),
+                    f"{r['cosine']:.3f}",
+                ]
+            )
+    first = rows[0] if rows else {}
+    notes = [
+        f"- Data: the GoEmotions training data of section 1 as contrast pairs, "
+        f"{first.get('concepts', 0)} concepts, at most {PAIR_CAP} pairs each "
+        f"({first.get('forwards', 0):,} texts per peer run, {first.get('unique_texts', 0):,} "
+        "distinct). amygdala: `--pooling last --method mean_diff`, one process for all "
+        "concepts; each peer: one process, one training call per concept. Batch 16 for "
+        "all, layers 1,2,3. Wall time includes process start and model load for everyone.",
+        "- What the peers cannot do: neither trains several concepts in one pass (a text "
+        "shared by many concepts runs once per concept and per side); both read one token "
+        "(no mean pooling: steering-vectors takes a token index or a function of the "
+        "prompt, repeng always the last non-padding token); both run the full forward "
+        "pass (no early stop after the deepest layer); repeng keeps every hidden state "
+        "(`output_hidden_states=True`) and steering-vectors every hooked block's whole "
+        "`[batch, seq, hidden]` output; repeng offers only PCA methods (`pca_diff`, "
+        "`pca_center`, `umap`) and finds blocks only at `model.model.layers` or "
+        "`transformer.h`, so it cannot run on a BERT-style encoder such as MiniLM; "
+        "steering-vectors runs on MiniLM but reads the last position, which there is "
+        "the `[SEP]` special token (amygdala never pools special tokens), hence the low "
+        "cosine on that row. Neither writes calibration statistics or an artifact.",
+        "- The random decoder has MiniLM's shape and a BPE tokenizer trained on the "
+        "GoEmotions texts; it exists so that repeng can run at all on the same texts.",
+    ]
+    for r in rows:
+        if r["tool"] != "amygdala" and r.get("note"):
+            notes.append(f"- {r['tool']} ({r.get('version') or 'not installed'}): {r['note']}.")
+    return table(header, body) + "\n\n" + "\n".join(dict.fromkeys(notes))
+
+
+def headline(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    out = []
+    for r in rows:
+        if r["tool"] == "amygdala":
+            continue
+        if r["status"] == "ok":
+            out.append(
+                (
+                    f"vs {r['tool']} on {r['model'].split(',')[0]}",
+                    f"{r['speedup']:.1f}× faster",
+                    f"≥ {GOAL:.0f}×",
+                    r["speedup"] >= GOAL,
+                )
+            )
+        else:
+            out.append(
+                (
+                    f"vs {r['tool']} on {r['model'].split(',')[0]}",
+                    r["status"][:80],
+                    f"≥ {GOAL:.0f}×",
+                    False,
+                )
+            )
+    return out
