@@ -248,8 +248,9 @@ def capture_texts(
         return
     toks = tokenize(lm.tokenizer, texts, max_length=max_length, pool_start=pool_start)
     stats.truncated += sum(t.truncated for t in toks)
-    side = padding_side or getattr(lm.tokenizer, "padding_side", "right")
-    pad_id = int(lm.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
+    side: Literal["left", "right"] = padding_side or (
+        "left" if getattr(lm.tokenizer, "padding_side", "right") == "left" else "right")
+    pad_id = int(lm.tokenizer.pad_token_id or 0)
     batches = length_batches([len(t.ids) for t in toks], batch_size)
     bar = tqdm(total=len(texts), unit="text", desc="capture", disable=not progress,
                dynamic_ncols=True, leave=False)

@@ -152,7 +152,7 @@ def _row_fact(row: dict[str, object], default_concept: str) -> tuple[str, str, i
     if isinstance(score, float) and not math.isfinite(score):
         raise ValueError(f"non-finite 'score' {score!r}")
     label = POSITIVE if polarity == "positive" else NEGATIVE
-    return text, normalize_concept(concept), label, split  # type: ignore[return-value]
+    return text, normalize_concept(concept), label, split
 
 
 def load_training_dir(root: Path) -> Corpus:

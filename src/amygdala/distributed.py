@@ -85,6 +85,5 @@ def init_distributed(device: str | None) -> tuple[Dist, str | None]:
     if use_cuda:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    return Dist(
-        rank=rank, world=world, local_rank=local, comm_device=device if use_cuda else "cpu"
-    ), device
+    comm = f"cuda:{local}" if use_cuda else "cpu"
+    return Dist(rank=rank, world=world, local_rank=local, comm_device=comm), device

@@ -201,7 +201,7 @@ def load_model(
                              f"{type(exc).__name__}: {first} (truncated or corrupt weight "
                              "files? download or copy them again)") from None
     if not device_map:
-        model.to(dev)
+        model.to(dev)  # type: ignore[arg-type]
     model.eval()
     path, blocks = find_blocks(model, blocks_path)
     hidden = _hidden_size(config)

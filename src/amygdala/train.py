@@ -328,8 +328,9 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     layers = parse_layers(config.target_layers, lm.n_layers)
     texts = list(corpus.texts) + neutral
     train_rows = np.flatnonzero((corpus.train != 0).any(axis=1)).tolist()
-    needed = sorted(set(train_rows) | set(np.flatnonzero((corpus.heldout != 0).any(axis=1)))
-                    | set(range(len(corpus.texts), len(texts))))
+    heldout_rows = np.flatnonzero((corpus.heldout != 0).any(axis=1)).tolist()
+    needed: list[int] = sorted(set(train_rows) | set(heldout_rows)
+                               | set(range(len(corpus.texts), len(texts))))
     mine = set(dist.share(needed))  # this process's texts (all of them without torchrun)
     with open_store(config, capture_fingerprint(config, lm, layers)) as store:
         acts = Activations(store, [text_hash(t) for t in texts])
