@@ -1,18 +1,29 @@
 """Decode throughput of `amygdala serve`'s engine with per-token readout against without.
 
 Usage:
-  python bench/bench_serve.py            # 128 tokens per request, 9 rounds
+  python bench/bench_serve.py            # 128 tokens per request, 5 rounds
   python bench/bench_serve.py --quick    # a smoke run: numbers are meaningless
 
 A random Llama-style decoder (built offline from a config, seeded) decodes greedily on
-CPU through `amygdala.serve.engine.Engine` — the KV-cache loop the server runs. Each
-round runs the same request twice, once with readout on (200 concepts × 4 layers,
-calibrated, so raw and z for every token, converted to the lists the server sends) and
-once with readout off (no hooks, no extra pass); the order alternates between rounds.
-The ratio is the median of the per-round ratios (each round's two runs are adjacent in
-time, so a busy machine slows both alike), the tokens/s the medians of the rounds. Tokens/s counts the whole request — prefill,
-every decode step and, with readout, the last token's extra pass that stops after the
-deepest hooked block. Goal: readout keeps ≥ 97% of the throughput.
+CPU with the steps of `amygdala.serve.engine.Engine` (`Engine.run_here`: the worker's
+KV-cache loop, on the timing thread). Each round decodes the same prompt twice in
+lockstep, one step of each in turn as the server interleaves clients: once with readout
+(200 concepts × 4 layers, calibrated, so raw and z for every token, converted to the
+lists the server sends) and once without. Tokens/s counts every step of the request —
+prefill, decode and, with readout, the last token's extra pass that stops after the
+deepest hooked block.
+
+Two clocks, summed over each request's own steps: the wall clock, and the CPU time of
+the decoding thread (torch runs one intra-op thread, so that thread does all the work).
+Other processes on a shared machine stretch both, but steps taken in turn are stretched
+alike; the goal — readout keeps ≥ 97% of the throughput — is judged on the CPU time.
+Ratios are medians of per-round ratios.
+
+What readout costs per step: one read of the vectors (concepts × layers × hidden × 4
+bytes, fp32; decoding is memory-bound and the model's weights have just pushed them out
+of the cache) plus one host copy of `[layers, 2 × concepts]` floats; per request, one
+partial forward pass. The share therefore shrinks as models grow: the default row is a
+GPT-2-small-sized model (~100M parameters); a much smaller one shows a larger share.
 
 `run(quick) -> list[dict]` and `markdown(rows) -> str` are what `python -m bench` calls.
 """
@@ -23,7 +34,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,16 +45,16 @@ GOAL = 0.97
 class Setup:
     """One benchmark configuration (the defaults are the reported row)."""
 
-    hidden: int = 512
-    layers: int = 8
-    heads: int = 8
-    intermediate: int = 1408
-    vocab: int = 8000
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 2048
+    vocab: int = 16384
     concepts: int = 200
     readout_layers: tuple[int, ...] = (1, 3, 5, 7)
     prompt_tokens: int = 16
     new_tokens: int = 128
-    rounds: int = 9
+    rounds: int = 5
 
     def describe(self) -> str:
         return (
@@ -126,67 +136,87 @@ def build_artifact(setup: Setup, directory: Path) -> Any:
     return load_artifact(path)
 
 
-def timed_request(engine: Any, prompt: tuple[int, ...], setup: Setup, readout: bool) -> float:
-    """Tokens/s of one whole greedy request (events consumed as the server consumes them)."""
+@dataclass(frozen=True)
+class Timing:
+    """One request: tokens/s by the wall clock and by the CPU time of the decoding thread."""
+
+    wall: float
+    cpu: float
+
+
+def lockstep_round(
+    engine: Any, prompt: tuple[int, ...], setup: Setup, first_on: bool
+) -> tuple[Timing, Timing]:
+    """One request with readout and one without, decoded step by step in turn (as the
+    server's worker interleaves clients); returns their (on, off) tokens/s."""
     from amygdala.serve.engine import GenerationRequest, SamplingParams, TokenEvent
 
-    request = GenerationRequest(
-        prompt,
-        SamplingParams(max_tokens=setup.new_tokens, temperature=0, ignore_eos=True),
-        readout=readout,
-    )
-    start = time.perf_counter()
-    tokens = 0
-    for event in engine.generate(request):
-        tokens += isinstance(event, TokenEvent)
-        if readout and isinstance(event, TokenEvent) and event.raw is None:
-            raise RuntimeError("readout was asked for but the event carries none")
-    seconds = time.perf_counter() - start
-    if tokens != setup.new_tokens:
-        raise RuntimeError(f"expected {setup.new_tokens} tokens, got {tokens}")
-    return tokens / seconds
+    params = SamplingParams(max_tokens=setup.new_tokens, temperature=0, ignore_eos=True)
+    flags = (True, False) if first_on else (False, True)
+    requests = [GenerationRequest(prompt, params, readout=flag) for flag in flags]
+    cpu = [0.0, 0.0]
+    wall = [0.0, 0.0]
+
+    def on_step(i: int, cpu_s: float, wall_s: float) -> None:
+        cpu[i] += cpu_s
+        wall[i] += wall_s
+
+    events = engine.run_here(requests, on_step=on_step)
+    timings = {}
+    for i, flag in enumerate(flags):
+        tokens = [e for e in events[i] if isinstance(e, TokenEvent)]
+        if len(tokens) != setup.new_tokens or any((e.raw is not None) != flag for e in tokens):
+            raise RuntimeError(f"expected {setup.new_tokens} tokens with readout={flag}")
+        timings[flag] = Timing(wall=len(tokens) / wall[i], cpu=len(tokens) / cpu[i])
+    return timings[True], timings[False]
 
 
 def measure(setup: Setup) -> dict[str, Any]:
-    """Median tokens/s with and without readout over alternating rounds."""
+    """Tokens/s with and without readout over rounds of lockstep decoding."""
     import torch
 
     from amygdala.models import load_model
     from amygdala.serve.engine import Engine
 
-    with tempfile.TemporaryDirectory(prefix="amygdala-bench-serve-") as tmp:
-        lm = load_model(str(build_model(setup, Path(tmp))), device="cpu", dtype="fp32")
-        artifact = build_artifact(setup, Path(tmp))
-        engine = Engine(lm, artifact, max_concurrency=1)
-        engine.start()
-        try:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # all work on the timed thread: its CPU time is the whole cost
+    try:
+        with tempfile.TemporaryDirectory(prefix="amygdala-bench-serve-") as tmp:
+            lm = load_model(str(build_model(setup, Path(tmp))), device="cpu", dtype="fp32")
+            engine = Engine(lm, build_artifact(setup, Path(tmp)), max_concurrency=2)
             prompt = tuple(
                 [1] + [4 + i % (setup.vocab - 4) for i in range(setup.prompt_tokens - 1)]
             )
-            timed_request(engine, prompt, setup, True)  # warm-up: allocator, kernels
-            timed_request(engine, prompt, setup, False)
-            with_r, without = [], []
+            lockstep_round(engine, prompt, setup, True)  # warm-up: allocator, kernels
+            on: list[Timing] = []
+            off: list[Timing] = []
             for round_ in range(setup.rounds):
-                order = (True, False) if round_ % 2 == 0 else (False, True)
-                for readout in order:
-                    (with_r if readout else without).append(
-                        timed_request(engine, prompt, setup, readout)
-                    )
-        finally:
-            engine.close()
-    on, off = statistics.median(with_r), statistics.median(without)
-    ratio = statistics.median(a / b for a, b in zip(with_r, without))
+                a, b = lockstep_round(engine, prompt, setup, round_ % 2 == 0)
+                on.append(a)
+                off.append(b)
+    finally:
+        torch.set_num_threads(threads)
+    return summarize(setup, on, off)
+
+
+def summarize(setup: Setup, on: list[Timing], off: list[Timing]) -> dict[str, Any]:
+    """Medians of the rounds, and the medians of the per-round ratios (paired in time)."""
+    cpu_ratio = statistics.median(a.cpu / b.cpu for a, b in zip(on, off))
+    wall_ratio = statistics.median(a.wall / b.wall for a, b in zip(on, off))
     return {
         "benchmark": "serve decode",
         "model": setup.describe(),
         "readout": f"{setup.concepts} concepts x {len(setup.readout_layers)} layers",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": 1,
         "rounds": setup.rounds,
-        "tok_s_without": round(off, 1),
-        "tok_s_with": round(on, 1),
-        "ratio": round(ratio, 4),
+        "tok_s_without": round(statistics.median(t.wall for t in off), 1),
+        "tok_s_with": round(statistics.median(t.wall for t in on), 1),
+        "wall_ratio": round(wall_ratio, 4),
+        "cpu_tok_s_without": round(statistics.median(t.cpu for t in off), 1),
+        "cpu_tok_s_with": round(statistics.median(t.cpu for t in on), 1),
+        "ratio": round(cpu_ratio, 4),
         "goal": GOAL,
-        "met": ratio >= GOAL,
+        "met": cpu_ratio >= GOAL,
         "load_avg": round(os.getloadavg()[0], 1),
     }
 
@@ -201,20 +231,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     header = [
         "model",
         "readout",
-        "threads",
         "load avg",
-        "tok/s without",
-        "tok/s with",
-        "ratio",
-        "goal",
+        "tok/s without → with (wall)",
+        "wall ratio",
+        "tok/s without → with (CPU time)",
+        "CPU ratio",
+        "goal (CPU ratio)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         verdict = "**met**" if r["met"] else "**missed**"
         lines.append(
-            f"| {r['model']} | {r['readout']} | {r['torch_threads']} | {r['load_avg']} | "
-            f"{r['tok_s_without']:.1f} | {r['tok_s_with']:.1f} | "
-            f"{r['ratio']:.1%} | ≥ {r['goal']:.0%}: {verdict} |"
+            f"| {r['model']} | {r['readout']} | {r['load_avg']} | "
+            f"{r['tok_s_without']:.1f} → {r['tok_s_with']:.1f} | {r['wall_ratio']:.1%} | "
+            f"{r['cpu_tok_s_without']:.1f} → {r['cpu_tok_s_with']:.1f} | {r['ratio']:.1%} | "
+            f"≥ {r['goal']:.0%}: {verdict} |"
         )
     return "\n".join(lines)
 

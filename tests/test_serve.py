@@ -419,22 +419,26 @@ def test_engine_kv_cache_parity_across_architectures(
         random_artifact(directory, tmp_path / "r.safetensors", [1, 3], CONCEPTS, seed=1)
     )
     engine = Engine(model, art)
+    prompt = tuple(model.tokenizer("Why does the sky")["input_ids"])
+    request = GenerationRequest(
+        prompt, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    )
     engine.start()
     try:
-        prompt = tuple(model.tokenizer("Why does the sky")["input_ids"])
-        events = list(
-            engine.generate(
-                GenerationRequest(
-                    prompt, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
-                )
-            )
-        )
+        events = list(engine.generate(request))
     finally:
         engine.close()
+    assert not any(m._forward_hooks for m in model.model.modules())
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert len(tokens) == 10 and tokens[-1].finish_reason == "length"
     ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens])
     torch.testing.assert_close(torch.tensor([e.raw for e in tokens]), ref.raw[len(prompt) :], **TOL)
+    # the same steps on the calling thread give the same tokens and values, hooks off after
+    steps: list[int] = []
+    (events_here,) = engine.run_here([request], on_step=lambda i, cpu, wall: steps.append(i))
+    here = [e for e in events_here if isinstance(e, TokenEvent)]
+    assert steps == [0] * 11  # prefill, 9 decode steps, the last token's readout pass
+    assert [(e.token_id, e.raw, e.z) for e in here] == [(e.token_id, e.raw, e.z) for e in tokens]
     assert not any(m._forward_hooks for m in model.model.modules())
 
 

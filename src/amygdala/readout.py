@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     from amygdala.artifact import Artifact
     from amygdala.models import LoadedModel
 
-__all__ = ["Calibration", "Projector", "Readout", "ResidualRecorder", "readout", "readout_ids"]
+__all__ = [
+    "AttachedHooks",
+    "Calibration",
+    "Projector",
+    "Readout",
+    "ResidualRecorder",
+    "readout",
+    "readout_ids",
+]
 
 
 class _StopForward(Exception):
@@ -85,10 +93,11 @@ class Calibration:
 class Projector:
     """Turns recorded block outputs into `[positions, layers, concepts]` fp32 readouts.
 
-    Raw values and z-scores come out of ONE batched matmul over all layers:
-    `baddbmm(bias, hidden, [W | W/std])` gives `[raw | (raw - mean)/std]` side by side,
-    so a decode step pays one kernel whatever the number of layers, and a single
-    host copy. A concept whose reference std is 0 gets z = 0 (no spread to measure).
+    All layers go through one batched matmul (`[L, n, H] @ [L, H, C]`), and the z-scores
+    are one fused multiply-add on its result (`raw · 1/std − mean/std`), so a decode
+    step pays a fixed handful of kernels whatever the number of layers, and a single
+    host copy. Decoding is memory-bound: the vectors are read once per step, in fp32.
+    A concept whose reference std is 0 gets z = 0 (no spread to measure against).
     """
 
     def __init__(self, artifact: Artifact, device: torch.device | str = "cpu") -> None:
@@ -96,14 +105,14 @@ class Projector:
         self.layers: tuple[int, ...] = tuple(artifact.layers)
         self.calibration = Calibration.from_manifest(artifact.manifest)
         weight_t = artifact.stacked(torch.float32).transpose(1, 2)  # [L, H, C]
-        bias = torch.zeros(len(self.layers), 1, len(self.concepts))
+        self._weight_t = weight_t.contiguous().to(device)
+        self._inv_std: Tensor | None = None
+        self._shift: Tensor | None = None
         if self.calibration is not None:
             std = self.calibration.std
             inv_std = torch.where(std > 0, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std))
-            weight_t = torch.cat([weight_t, weight_t * inv_std[:, None, :]], dim=2)
-            bias = torch.cat([bias, -(self.calibration.mean * inv_std)[:, None, :]], dim=2)
-        self._weight_t = weight_t.contiguous().to(device)  # [L, H, C] or [L, H, 2C]
-        self._bias = bias.to(device)
+            self._inv_std = inv_std[:, None, :].to(device)  # [L, 1, C]
+            self._shift = (-self.calibration.mean * inv_std)[:, None, :].to(device)
 
     @property
     def calibrated(self) -> bool:
@@ -114,7 +123,10 @@ class Projector:
         `[n, L, 2C]` raw then z when calibrated (split with `split`)."""
         device = self._weight_t.device
         stacked = torch.stack([h.to(device) for h in hidden]).to(torch.float32)
-        return torch.baddbmm(self._bias, stacked, self._weight_t).transpose(0, 1)
+        raw = torch.bmm(stacked, self._weight_t)  # [L, n, C]
+        if self._inv_std is not None and self._shift is not None:
+            raw = torch.cat([raw, torch.addcmul(self._shift, raw, self._inv_std)], dim=2)
+        return raw.transpose(0, 1)
 
     def split(self, fused: Tensor) -> tuple[Tensor, Tensor | None]:
         """`(raw, z or None)` from `project_fused`'s output."""
@@ -129,11 +141,13 @@ class Projector:
 
 
 class ResidualRecorder:
-    """Forward hooks that keep the block outputs of one forward pass, per layer.
+    """Forward hooks that keep the block outputs of a forward pass, per layer.
 
-    Hooks live only inside `record()`; the hooked outputs are kept by reference (no
-    copy, no host sync), and `stop_after_deepest` ends the forward pass after the
-    deepest recorded block when nothing later (logits, cache of later layers) is needed.
+    The hooked outputs are kept by reference (no copy, no host sync), and
+    `stop_after_deepest` ends the forward pass after the deepest recorded block when
+    nothing later (logits, the cache of later layers) is needed. `record()` hooks one
+    forward pass inside a `with`; `attach()` keeps hooks on for a loop of many passes
+    (the server's decode loop) and hands back a handle whose `remove()` is idempotent.
     """
 
     def __init__(self, blocks: nn.ModuleList, layers: Sequence[int]) -> None:
@@ -149,6 +163,10 @@ class ResidualRecorder:
         self.layers = tuple(layers)
         self.deepest = max(layers)
 
+    def attach(self) -> AttachedHooks:
+        """Hooks that stay on the blocks until `remove()`; see `AttachedHooks.run`."""
+        return AttachedHooks(self)
+
     @contextlib.contextmanager
     def record(self, *, stop_after_deepest: bool = False) -> Iterator[list[Tensor]]:
         """Yield a list that holds, after the forward pass, one output per layer (in order).
@@ -158,32 +176,88 @@ class ResidualRecorder:
                 model(input_ids=ids)
             raw, z = projector.project([o[0] for o in outs])  # batch row 0
         """
-        found: dict[int, Tensor] = {}
+        hooks = self.attach()
         outs: list[Tensor] = []
-        handles = []
-
-        def make_hook(index: int) -> Any:
-            def hook(_module: nn.Module, _args: object, output: object) -> None:
-                found[index] = block_output(output)
-                if stop_after_deepest and index == self.deepest:
-                    raise _StopForward
-
-            return hook
-
         try:
-            for index in sorted(set(self.layers)):
-                handles.append(self.blocks[index].register_forward_hook(make_hook(index)))
+            hooks.begin(stop_after_deepest)
             with contextlib.suppress(_StopForward):
                 yield outs
+            outs.extend(hooks.end())
         finally:
-            for handle in handles:
-                handle.remove()
-        missing = [layer for layer in self.layers if layer not in found]
+            hooks.remove()
+
+
+T = TypeVar("T")
+
+
+class AttachedHooks:
+    """Hooks on the recorded blocks that record only between `begin()` and `end()`.
+
+    Outside a recording they return at once, so a forward pass that wants no readout
+    pays almost nothing; `remove()` takes exactly these hooks off, and may be called
+    any number of times.
+    """
+
+    def __init__(self, recorder: ResidualRecorder) -> None:
+        self._layers = recorder.layers
+        self._deepest = recorder.deepest
+        self._slot: dict[int, Tensor] | None = None
+        self._stop = False
+        self._handles: list[Any] = []
+        try:
+            for layer in sorted(set(self._layers)):
+                hook = self._make_hook(layer)
+                self._handles.append(recorder.blocks[layer].register_forward_hook(hook))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _make_hook(self, layer: int) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            slot = self._slot
+            if slot is None:
+                return
+            slot[layer] = block_output(output)
+            if self._stop and layer == self._deepest:
+                raise _StopForward
+
+        return hook
+
+    def begin(self, stop_after_deepest: bool = False) -> None:
+        """Record the next forward pass into a fresh slot."""
+        self._slot, self._stop = {}, stop_after_deepest
+
+    def end(self) -> list[Tensor]:
+        """Stop recording; the recorded outputs in layer order."""
+        slot, self._slot, self._stop = self._slot or {}, None, False
+        missing = [layer for layer in self._layers if layer not in slot]
         if missing:
             raise RuntimeError(
                 f"layers {missing} produced no output: the forward pass never reached them"
             )
-        outs.extend(found[layer] for layer in self.layers)
+        return [slot[layer] for layer in self._layers]
+
+    def run(
+        self, forward: Callable[[], T], *, stop_after_deepest: bool = False
+    ) -> tuple[T | None, list[Tensor]]:
+        """`(forward()'s result, or None when stopped early; outputs per layer)`."""
+        self.begin(stop_after_deepest)
+        result: T | None = None
+        try:
+            result = forward()
+        except _StopForward:
+            pass
+        except BaseException:
+            self._slot, self._stop = None, False
+            raise
+        return result, self.end()
+
+    def remove(self) -> None:
+        """Take the hooks off (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._slot = None
 
 
 @dataclasses.dataclass(frozen=True)

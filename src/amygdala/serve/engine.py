@@ -31,6 +31,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ import torch
 from torch import Tensor
 
 from amygdala.errors import ConfigError
-from amygdala.readout import Projector, ResidualRecorder, check_compatible
+from amygdala.readout import AttachedHooks, Projector, ResidualRecorder, check_compatible
 
 if TYPE_CHECKING:
     from amygdala.artifact import Artifact
@@ -319,6 +320,7 @@ class Engine:
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._thread: threading.Thread | None = None
+        self._hooks: AttachedHooks | None = None  # on the blocks while a decode loop runs
 
     # ---- called from other threads -------------------------------------------------
 
@@ -355,6 +357,49 @@ class Engine:
         finally:
             handle.cancel()
 
+    def run_here(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: Callable[[int, float, float], None] | None = None,
+    ) -> list[list[Event]]:
+        """Decode sequences round-robin on the calling thread, as the worker does.
+
+        For scripts and benchmarks that want no thread hand-off; the worker must not be
+        running (two threads must never hook and run the model at once). Returns each
+        request's events; `on_step(i, cpu_seconds, wall_seconds)` hears about every step
+        of request i (the CPU time of this thread).
+        """
+        if self._thread is not None:
+            raise RuntimeError("run_here() needs the worker stopped; use generate()")
+        for request in requests:
+            self.check_prompt(request.prompt_ids)
+        events: list[list[Event]] = [[] for _ in requests]
+        live = {i: _Sequence(self, r, events[i].append) for i, r in enumerate(requests)}
+        with self._hooks_on():
+            while live:
+                for i, seq in list(live.items()):
+                    cpu, wall = time.thread_time(), time.perf_counter()
+                    done = seq.step()
+                    if on_step is not None:
+                        on_step(i, time.thread_time() - cpu, time.perf_counter() - wall)
+                    if done:
+                        del live[i]
+        return events
+
+    @contextlib.contextmanager
+    def _hooks_on(self) -> Iterator[None]:
+        """Readout hooks on the blocks for the length of a decode loop, then off."""
+        if self.recorder is None:
+            yield
+            return
+        self._hooks = self.recorder.attach()
+        try:
+            yield
+        finally:
+            self._hooks.remove()
+            self._hooks = None
+
     def snapshot(self) -> dict[str, int]:
         """Counters plus the number of sequences waiting for a slot."""
         waiting = self._inbox.qsize() + len(self._waiting)
@@ -390,13 +435,14 @@ class Engine:
         raw = None
         with torch.inference_mode():
             if record:
-                assert self.recorder is not None and self.projector is not None
-                with self.recorder.record(stop_after_deepest=not need_logits) as outs:
-                    out = self.lm.model(**kwargs)
+                assert self._hooks is not None and self.projector is not None
+                out, outs = self._hooks.run(
+                    lambda: self.lm.model(**kwargs), stop_after_deepest=not need_logits
+                )
                 raw = self.projector.project_fused([o[0] for o in outs])
             elif need_logits:
                 out = self.lm.model(**kwargs)
-            if not need_logits:
+            if not need_logits or out is None:
                 return None, raw
             seq.cache = out.past_key_values
             return out.logits[0, -1].float(), raw
@@ -424,6 +470,10 @@ class Engine:
         return TokenEvent(index, pending.token_id, pending.text, raw, z, pending.finish)
 
     def _run(self) -> None:
+        with self._hooks_on():
+            self._loop()
+
+    def _loop(self) -> None:
         closing = False
         while not (closing and not self._active):
             closing = self._admit(block=not self._active) or closing
