@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -432,13 +433,19 @@ def test_engine_kv_cache_parity_across_architectures(
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert len(tokens) == 10 and tokens[-1].finish_reason == "length"
     ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens])
-    torch.testing.assert_close(torch.tensor([e.raw for e in tokens]), ref.raw[len(prompt) :], **TOL)
+    streamed = torch.from_numpy(np.stack([e.raw for e in tokens]))
+    torch.testing.assert_close(streamed, ref.raw[len(prompt) :], **TOL)
+    assert ref.z is not None
+    torch.testing.assert_close(
+        torch.from_numpy(np.stack([e.z for e in tokens])), ref.z[len(prompt) :], **TOL
+    )
     # the same steps on the calling thread give the same tokens and values, hooks off after
     steps: list[int] = []
     (events_here,) = engine.run_here([request], on_step=lambda i, cpu, wall: steps.append(i))
     here = [e for e in events_here if isinstance(e, TokenEvent)]
     assert steps == [0] * 11  # prefill, 9 decode steps, the last token's readout pass
-    assert [(e.token_id, e.raw, e.z) for e in here] == [(e.token_id, e.raw, e.z) for e in tokens]
+    assert [e.token_id for e in here] == [e.token_id for e in tokens]
+    np.testing.assert_array_equal(np.stack([e.raw for e in here]), streamed.numpy())
     assert not any(m._forward_hooks for m in model.model.modules())
 
 

@@ -118,26 +118,21 @@ class Projector:
     def calibrated(self) -> bool:
         return self.calibration is not None
 
-    def project_fused(self, hidden: Sequence[Tensor]) -> Tensor:
-        """`hidden[i]` is `[n, H]` for `self.layers[i]`; returns `[n, L, C]` raw, or
-        `[n, L, 2C]` raw then z when calibrated (split with `split`)."""
+    def project_stacked(self, hidden: Sequence[Tensor]) -> Tensor:
+        """`hidden[i]` is `[n, H]` for `self.layers[i]`; returns `[k, n, L, C]` fp32,
+        contiguous: k = 2 (raw, then z) when calibrated, else 1 (raw)."""
         device = self._weight_t.device
         stacked = torch.stack([h.to(device) for h in hidden]).to(torch.float32)
         raw = torch.bmm(stacked, self._weight_t)  # [L, n, C]
+        parts = [raw]
         if self._inv_std is not None and self._shift is not None:
-            raw = torch.cat([raw, torch.addcmul(self._shift, raw, self._inv_std)], dim=2)
-        return raw.transpose(0, 1)
-
-    def split(self, fused: Tensor) -> tuple[Tensor, Tensor | None]:
-        """`(raw, z or None)` from `project_fused`'s output."""
-        n = len(self.concepts)
-        if self.calibration is None:
-            return fused, None
-        return fused[..., :n], fused[..., n:]
+            parts.append(torch.addcmul(self._shift, raw, self._inv_std))
+        return torch.stack(parts).transpose(1, 2).contiguous()
 
     def project(self, hidden: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
         """`(raw, z or None)`, each `[n, L, C]` fp32."""
-        return self.split(self.project_fused(hidden))
+        out = self.project_stacked(hidden)
+        return out[0], (out[1] if len(out) > 1 else None)
 
 
 class ResidualRecorder:

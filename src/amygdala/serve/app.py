@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,7 @@ from amygdala.serve.protocol import (
     Parsed,
     RequestError,
     ResponseBuilder,
+    dumps,
     parse_chat,
     parse_completion,
 )
@@ -84,7 +85,7 @@ async def engine_events(engine: Engine, requests: list[GenerationRequest]) -> As
 class _EventStream(StreamingResponse):
     """A streaming response that always closes its generator (so its sequences stop)."""
 
-    def __init__(self, content: AsyncIterator[str]) -> None:
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
@@ -107,8 +108,17 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+def _sse(obj: Any) -> bytes:
+    return b"data: " + dumps(obj) + b"\n\n"
+
+
+class JSONResponse(Response):
+    """A JSON response written with orjson (float32 arrays included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
 
 
 class Api:
@@ -252,7 +262,7 @@ class Api:
                 tokens.setdefault(event.index, []).append(event)
         return tokens, prompts
 
-    async def _stream(self, parsed: Parsed, builder: ResponseBuilder) -> AsyncIterator[str]:
+    async def _stream(self, parsed: Parsed, builder: ResponseBuilder) -> AsyncIterator[bytes]:
         started: set[int] = set()
         count = 0
         if parsed.kind == "chat" and not parsed.readout_prompt:
@@ -274,7 +284,7 @@ class Api:
                 yield _sse(builder.token_chunk(event))
         if parsed.include_usage:
             yield _sse(builder.usage_chunk(count))
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
 
 def create_app(engine: Engine, config: ServerConfig) -> Starlette:

@@ -20,7 +20,7 @@ Example:
     engine = Engine(lm, artifact)
     engine.start()
     for event in engine.generate(GenerationRequest(prompt_ids=(1, 5, 9))):
-        print(event.token_id, event.raw)  # raw: [n_layers][n_concepts]
+        print(event.token_id, event.raw)  # raw: [n_layers, n_concepts] float32
     engine.close()
 """
 
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -92,8 +93,8 @@ class PromptEvent:
 
     index: int
     token_ids: tuple[int, ...]
-    raw: list[Any]  # [n_prompt][n_layers][n_concepts]
-    z: list[Any] | None
+    raw: np.ndarray  # [n_prompt, n_layers, n_concepts] float32
+    z: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class TokenEvent:
     index: int
     token_id: int
     text: str  # new text (stop strings cut, incomplete characters held back)
-    raw: list[list[float]] | None  # [n_layers][n_concepts]
-    z: list[list[float]] | None
+    raw: np.ndarray | None  # [n_layers, n_concepts] float32
+    z: np.ndarray | None
     finish_reason: FinishReason | None = None  # set on the sequence's last token
 
 
@@ -423,8 +424,8 @@ class Engine:
     def forward(
         self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
     ) -> tuple[Tensor | None, Tensor | None]:
-        """One forward pass of `ids` on `seq`'s cache: (last logits, fused readout
-        `[n, L, C or 2C]`, see `Projector.project_fused`)."""
+        """One forward pass of `ids` on `seq`'s cache: (last logits, readout
+        `[k, n, L, C]`, see `Projector.project_stacked`)."""
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
             "past_key_values": seq.cache,
@@ -439,7 +440,7 @@ class Engine:
                 out, outs = self._hooks.run(
                     lambda: self.lm.model(**kwargs), stop_after_deepest=not need_logits
                 )
-                raw = self.projector.project_fused([o[0] for o in outs])
+                raw = self.projector.project_stacked([o[0] for o in outs])
             elif need_logits:
                 out = self.lm.model(**kwargs)
             if not need_logits or out is None:
@@ -447,27 +448,19 @@ class Engine:
             seq.cache = out.past_key_values
             return out.logits[0, -1].float(), raw
 
-    def _lists(self, fused: Tensor) -> tuple[list[Any], list[Any] | None]:
-        """Raw and z as nested lists from one host copy of the fused projection."""
-        assert self.projector is not None
-        rows = fused.cpu().tolist()
-        if not self.projector.calibrated:
-            return rows, None
-        n = len(self.projector.concepts)
-        if fused.dim() == 2:  # [L, 2C]
-            return [r[:n] for r in rows], [r[n:] for r in rows]
-        return [[r[:n] for r in t] for t in rows], [[r[n:] for r in t] for t in rows]
+    def prompt_event(self, req: GenerationRequest, out: Tensor) -> PromptEvent:
+        arrays = out.cpu().numpy()  # [k, n, L, C]: one host copy, no Python floats
+        return PromptEvent(
+            req.index, req.prompt_ids, arrays[0], arrays[1] if len(arrays) > 1 else None
+        )
 
-    def prompt_event(self, req: GenerationRequest, fused: Tensor) -> PromptEvent:
-        raw, z = self._lists(fused)
-        return PromptEvent(req.index, req.prompt_ids, raw, z)
-
-    def token_event(self, index: int, pending: _Pending, fused: Tensor | None) -> TokenEvent:
+    def token_event(self, index: int, pending: _Pending, out: Tensor | None) -> TokenEvent:
         self.stats.tokens += 1
-        if fused is None:
+        if out is None:
             return TokenEvent(index, pending.token_id, pending.text, None, None, pending.finish)
-        raw, z = self._lists(fused[-1])
-        return TokenEvent(index, pending.token_id, pending.text, raw, z, pending.finish)
+        arrays = np.ascontiguousarray(out[:, -1].cpu().numpy())  # [k, L, C]
+        z = arrays[1] if len(arrays) > 1 else None
+        return TokenEvent(index, pending.token_id, pending.text, arrays[0], z, pending.finish)
 
     def _run(self) -> None:
         with self._hooks_on():

@@ -22,6 +22,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+import orjson
+
 from amygdala.errors import ConfigError
 from amygdala.serve.engine import GenerationRequest, PromptEvent, SamplingParams, TokenEvent
 
@@ -47,6 +50,12 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "tools": (None, []),
     "response_format": (None, {"type": "text"}),
 }
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes; float32 arrays are written as numbers with float32's shortest digits
+    (they read back to the same float32), fast enough for every streamed token."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class RequestError(ValueError):
@@ -321,10 +330,12 @@ class ResponseBuilder:
                     "tokens": self.token_text(ids),
                 }
             )
-            if events and events[0].raw is not None:
-                choice["readout"] = [e.raw for e in events]
-            if events and events[0].z is not None:
-                choice["readout_z"] = [e.z for e in events]
+            raws = [e.raw for e in events if e.raw is not None]
+            zs = [e.z for e in events if e.z is not None]
+            if raws:
+                choice["readout"] = np.stack(raws)
+            if zs:
+                choice["readout_z"] = np.stack(zs)
             if index in prompts:
                 choice["prompt_readout"] = self.prompt_readout(prompts[index])
             choices.append(choice)
