@@ -111,7 +111,7 @@ def test_z_scores_follow_the_trained_calibration(
     result = train(
         TrainConfig(
             model=str(tiny_model_dirs("llama")),
-            training_data_dir=Path("tests/data/stories"),
+            training_data_dir=Path(__file__).parent / "data" / "stories",
             output=tmp_path / "readout.safetensors",
             target_layers="1,3",
             progress=False,
