@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amygdala.cli._options import add_device_option, add_dtype_option, add_manifest_option
+
 if TYPE_CHECKING:
     from amygdala.readout import Readout
 
@@ -35,12 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Hugging Face id or local directory (`minilm` = packaged MiniLM)",
     )
     parser.add_argument("--vectors", type=Path, required=True, help="readout.safetensors")
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=None,
-        help="the manifest; by default the vectors path with .json",
-    )
+    add_manifest_option(parser)
     parser.add_argument(
         "--layer",
         type=int,
@@ -65,15 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2048,
         help="tokens read; longer texts are cut (with a warning); default 2048",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere",
-    )
+    add_device_option(parser)
+    add_dtype_option(parser)
     parser.add_argument(
         "--blocks-path",
         default=None,

@@ -6,6 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from amygdala.cli._options import (
+    add_device_option,
+    add_manifest_option,
+    add_model_code_options,
+)
+
 HELP = "measure an artifact on held-out data: AUROC per concept and layer, cross-talk, coherence"
 DESCRIPTION = """\
 Evaluate readout vectors on the held-out split of their training data and write
@@ -39,12 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where quality.json and report.html go; by default the vectors' directory",
     )
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=None,
-        help="the manifest; by default the vectors path with .json",
-    )
+    add_manifest_option(parser)
     parser.add_argument(
         "--model", default=None, help="model id or directory; by default the one in the manifest"
     )
@@ -54,25 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["bf16", "fp16", "fp32"],
         help="model compute dtype; by default the one training used",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
-    )
+    add_device_option(parser)
     parser.add_argument(
         "--batch-size", type=int, default=16, help="texts per forward pass; default 16"
     )
     parser.add_argument(
         "--revision", default=None, help="model revision; by default the one in the manifest"
     )
-    parser.add_argument(
-        "--blocks-path",
-        default=None,
-        help="dotted path of the block list; by default the one in the manifest",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run custom model code from the model repository (off by default)",
-    )
+    add_model_code_options(parser, from_manifest=True)
     parser.add_argument(
         "--cache-dir",
         type=Path,

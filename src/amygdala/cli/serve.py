@@ -9,6 +9,13 @@ import socket
 import sys
 from pathlib import Path
 
+from amygdala.cli._options import (
+    add_device_option,
+    add_dtype_option,
+    add_manifest_option,
+    add_model_code_options,
+)
+
 HELP = "serve a model over an OpenAI-compatible API, with per-token concept readouts"
 DESCRIPTION = """\
 Serve a Hugging Face decoder LM over the OpenAI API (/v1/models, /v1/completions,
@@ -37,12 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="readout.safetensors; without it the server runs with readout off",
     )
-    parser.add_argument(
-        "--manifest",
-        type=Path,
-        default=None,
-        help="the manifest; by default the vectors path with .json",
-    )
+    add_manifest_option(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind; default 127.0.0.1 (this machine only)"
     )
@@ -74,26 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Jinja chat template file; by default the tokenizer's (a plain "
         "'role: content' template when it has none)",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N or mps; by default the best available"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere",
-    )
+    add_device_option(parser)
+    add_dtype_option(parser)
     parser.add_argument("--revision", default=None, help="model revision")
-    parser.add_argument(
-        "--blocks-path",
-        default=None,
-        help="dotted path of the block list for architectures amygdala doesn't know",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run custom model code from the model repository (off)",
-    )
+    add_model_code_options(parser)
     parser.add_argument(
         "--log-level",
         default="warning",

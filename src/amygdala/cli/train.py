@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amygdala.cli._options import add_device_option, add_dtype_option, add_model_code_options
+
 if TYPE_CHECKING:
     from amygdala.train import TrainConfig
 
@@ -44,8 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
                    help="path of readout.safetensors")
     g.add_argument("--manifest", type=Path, default=None,
                    help="path of the manifest; by default the output path with .json")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="model compute dtype; by default bf16 on CUDA, fp32 elsewhere")
+    add_dtype_option(g)
     g.add_argument("--vectors-dtype", default="float16",
                    choices=["float16", "bfloat16", "float32"],
                    help="storage dtype of the vectors; default float16")
@@ -63,20 +64,16 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
                    "covariance of all texts), pca (first principal component of matched "
                    "differences; extra passes), probe (logistic regression; holds all rows in "
                    "memory); default whitened")
-    g.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:N or mps; by default the best available")
+    add_device_option(g)
     g.add_argument("--max-length", type=int, default=512,
                    help="tokens per text; longer texts are truncated and counted; default 512")
     g.add_argument("--min-examples", type=int, default=8,
                    help="leave out (and report) concepts with fewer train positives or "
                    "negatives; default 8")
     g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
-    g.add_argument("--blocks-path", default=None,
-                   help="dotted path of the block list for architectures amygdala doesn't know")
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="padding side; by default the tokenizer's (results are the same)")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="run custom model code from the model repository (off by default)")
+    add_model_code_options(g)
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="activation store (resume, reruns skip the model); by default "
