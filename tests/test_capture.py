@@ -189,3 +189,27 @@ def test_truncation_counted(load: Callable[[str], LoadedModel], arch: str) -> No
     long_text = "the quick brown fox " * 200
     run_engine(lm, [long_text, "short"], [0], max_length=16, stats=stats)
     assert stats.truncated == 1
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_token_sample_picks_evenly_spread_real_tokens(load: Callable[[str], LoadedModel],
+                                                      side: str) -> None:
+    """The sampled single tokens equal `output_hidden_states` at the
+    floor((2j+1)·n/2k)-th real token (all of them, NaN-padded, when n < k)."""
+    lm = load("llama")
+    k = 4
+    got: dict[int, torch.Tensor] = {}
+    for batch in capture_texts(lm, TEXTS, [1], batch_size=3, padding_side=side,
+                               sample_tokens=k, progress=False):
+        assert batch.tokens is not None
+        for row, i in enumerate(batch.index.tolist()):
+            got[i] = batch.tokens[row, 0]  # [k, hidden]
+    for i, text in enumerate(TEXTS):
+        enc = lm.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
+        keep = enc.pop("special_tokens_mask")[0] == 0
+        with torch.no_grad():
+            real = lm.model(**enc, output_hidden_states=True).hidden_states[2][0][keep]
+        n = real.shape[0]
+        picks = [(2 * j + 1) * n // (2 * k) for j in range(k)] if n >= k else list(range(n))
+        torch.testing.assert_close(got[i][:len(picks)], real[picks], atol=2e-5, rtol=2e-4)
+        assert torch.isnan(got[i][len(picks):]).all()

@@ -317,12 +317,14 @@ def test_neutral_text_is_the_calibration_reference(
     enc = [
         lm.tokenizer(p, return_tensors="pt", return_special_tokens_mask=True) for p in paragraphs
     ]
-    pooled = []
+    tokens = []  # the 4 single tokens per text calibration samples, evenly spread
     for e in enc:
         keep = e.pop("special_tokens_mask")[0] == 0
         with torch.no_grad():
             hs = lm.model(**e, output_hidden_states=True).hidden_states
-        pooled.append(hs[3][0][keep].mean(0))
-    proj = torch.stack(pooled) @ vectors.T  # [3, n_concepts]
-    np.testing.assert_allclose(cal["mean"][0], proj.mean(0).numpy(), atol=1e-4)
-    np.testing.assert_allclose(cal["std"][0], proj.std(0).numpy(), atol=1e-4)
+        real = hs[3][0][keep]
+        n = real.shape[0]
+        tokens.append(real[[(2 * j + 1) * n // 8 for j in range(4)]])
+    proj = torch.cat(tokens) @ vectors.T  # [12, n_concepts]
+    np.testing.assert_allclose(cal["mean"][0], proj.mean(0).numpy(), atol=2e-3)
+    np.testing.assert_allclose(cal["std"][0], proj.std(0).numpy(), atol=2e-3)

@@ -72,11 +72,44 @@ def pool(hidden: Tensor, keep: Tensor, how: Pooling) -> Tensor:
     return torch.where(any_kept, pooled, torch.full_like(pooled, float("nan")))
 
 
+def token_sample(keep: Tensor, k: int) -> Tensor:
+    """`[batch, k]` positions of up to `k` kept tokens per row, evenly spread; -1 pads.
+
+    Position j of a row with n kept tokens is its `floor((j + 0.5) · n / k)`-th kept
+    token: a deterministic sample of single tokens, from which per-token statistics
+    (the calibration runtimes use for per-token z-scores) are computed without keeping
+    every token.
+    """
+    n = keep.sum(dim=1, keepdim=True)  # [B, 1]
+    j = torch.arange(k, device=keep.device)[None, :]  # [1, k]
+    rank = torch.where(n >= k, ((2 * j + 1) * n) // (2 * k), j)  # which kept token
+    order = torch.cumsum(keep.long(), dim=1) - 1  # rank of each kept position
+    order = torch.where(keep, order, -1)
+    hit = order.unsqueeze(1) == rank.unsqueeze(2)  # [B, k, T]
+    pos = hit.long().argmax(dim=2)
+    return torch.where(hit.any(dim=2), pos, -1)
+
+
+def gather_tokens(hidden: Tensor, positions: Tensor) -> Tensor:
+    """`[batch, k, hidden]` fp32 residuals at `positions` (NaN where a position is -1)."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    picked = hidden[rows, positions.clamp_min(0)].to(torch.float32)
+    return torch.where((positions >= 0).unsqueeze(-1), picked,
+                       torch.full_like(picked, float("nan")))
+
+
 @dataclass
 class Captured:
-    """What one `capture` block produced: `pooled[layer]` is `[batch, hidden]` fp32."""
+    """What one `capture` block produced: `pooled[layer]` is `[batch, hidden]` fp32, and
+    `tokens[layer]` `[batch, k, hidden]` when a token sample was asked for."""
 
     pooled: dict[int, Tensor] = field(default_factory=dict)
+    tokens: dict[int, Tensor] = field(default_factory=dict)
+
+    def stacked_tokens(self, layers: Sequence[int]) -> Tensor:
+        """`[batch, n_layers, k, hidden]` in the order of `layers`."""
+        device = self.tokens[layers[0]].device
+        return torch.stack([self.tokens[layer].to(device) for layer in layers], dim=1)
 
     def stacked(self, layers: Sequence[int]) -> Tensor:
         """`[batch, n_layers, hidden]` in the order of `layers`."""
@@ -96,8 +129,12 @@ def capture(
     pooling: Pooling = "mean",
     *,
     stop_early: bool = True,
+    sample: Tensor | None = None,
 ) -> Iterator[Captured]:
     """Hook `blocks[layers]`, pool their outputs over `keep`, stop after the deepest.
+
+    `sample` (`[batch, k]` positions, see `token_sample`) also keeps those single
+    tokens' residuals in `Captured.tokens`.
 
     Example:
         with capture(lm.blocks, (1, 3), keep, "mean") as out:
@@ -114,6 +151,8 @@ def capture(
         def hook(_module: nn.Module, _args: object, output: object) -> None:
             hidden = block_output(output)
             result.pooled[index] = pool(hidden, keep.to(hidden.device), pooling)
+            if sample is not None:
+                result.tokens[index] = gather_tokens(hidden, sample.to(hidden.device))
             if stop_early and index == deepest:
                 raise _StopForward
 
@@ -136,6 +175,7 @@ class PooledBatch:
     index: Tensor  # [batch] int64, positions in the input sequence
     acts: Tensor  # [batch, n_layers, hidden] fp32, on the model's device
     n_tokens: int  # real (unpadded) tokens in the batch
+    tokens: Tensor | None = None  # [batch, n_layers, k, hidden] sampled single tokens
 
 
 @dataclass(frozen=True)
@@ -234,12 +274,14 @@ def capture_texts(
     padding_side: Literal["left", "right"] | None = None,
     progress: bool = True,
     stats: CaptureStats | None = None,
+    sample_tokens: int = 0,
 ) -> Iterator[PooledBatch]:
     """Run `lm` once over each text and yield pooled activations, batch by batch.
 
     Texts are grouped by token length to minimize padding; the order of yielded rows
     follows that grouping, and `PooledBatch.index` maps each row back to `texts`.
-    `stats` (when given) is filled in as batches complete.
+    `stats` (when given) is filled in as batches complete. `sample_tokens` > 0 also
+    yields that many single-token residuals per text (`token_sample`).
     """
     from tqdm.auto import tqdm
 
@@ -260,7 +302,9 @@ def capture_texts(
             items = [toks[i] for i in batch]
             ids, mask, keep = pad_batch(items, pad_id, side)
             ids, mask, keep = ids.to(lm.device), mask.to(lm.device), keep.to(lm.device)
-            with torch.inference_mode(), capture(lm.blocks, layers, keep, pooling) as out:
+            sample = token_sample(keep, sample_tokens) if sample_tokens else None
+            with torch.inference_mode(), capture(lm.blocks, layers, keep, pooling,
+                                                 sample=sample) as out:
                 lm.model(**forward_kwargs(lm, ids, mask))
             n_tokens = int(mask.sum())
             stats.forward_passes += 1
@@ -271,7 +315,8 @@ def capture_texts(
             bar.set_postfix_str(f"{stats.texts / elapsed:.1f} texts/s, "
                                 f"{stats.tokens / elapsed:.0f} tok/s", refresh=False)
             yield PooledBatch(index=torch.tensor(batch, dtype=torch.long),
-                              acts=out.stacked(layers), n_tokens=n_tokens)
+                              acts=out.stacked(layers), n_tokens=n_tokens,
+                              tokens=out.stacked_tokens(layers) if sample_tokens else None)
     finally:
         bar.close()
         stats.seconds += time.perf_counter() - start

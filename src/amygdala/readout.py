@@ -7,11 +7,10 @@ mean of these per-token values over the positions the trainer pools (real, non-s
 tokens) equals the projection of the trainer's pooled activation: the per-token view and
 the trained vectors describe the same numbers.
 
-z-scores use the manifest's `calibration` (mean and std of the projection of *pooled*
-reference texts): `z = (raw - mean) / std`. A manifest without calibration gives raw
-values only (`z is None`), never an error. Per-token values spread wider than the
-per-text means the calibration was measured on, so per-token |z| runs larger than a
-text's pooled z.
+z-scores use the manifest's `calibration`: `z = (raw - mean) / std`, where mean and std
+are those of single-token projections over reference text (the trainer samples a few
+tokens of every reference text), so a token's z says how unusual that token is. A
+manifest without calibration gives raw values only (`z is None`), never an error.
 
 The server (`amygdala.serve`) uses the same `ResidualRecorder` and `Projector`, so a
 streamed token's readout is this module's value for the same token ids.
@@ -299,7 +298,7 @@ class Readout:
         return values[keep].mean(dim=0)
 
     def pooled_z(self) -> Tensor | None:
-        """z-scores of the pooled projection (what the calibration was measured on)."""
+        """The mean of the per-token z-scores over the pooled tokens (z of the pooled raw)."""
         return None if self.z is None else self.pooled(self.z)
 
     def top(self, layer: int, k: int = 5, *, use_z: bool = True) -> list[tuple[str, float]]:

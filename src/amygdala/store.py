@@ -5,8 +5,9 @@ Layout: `<cache-dir>/<fingerprint-id>/fingerprint.json` plus `shards/*.safetenso
 The fingerprint is everything that changes a pooled activation — model id, revision,
 config and weight-file identity, layers, pooling, pool start, max length, compute
 dtype — so a store is only ever reused for identical capture settings. Each shard holds
-one captured batch: tensor `acts` `[n, n_layers, hidden]` (fp32) and the sha256 of each
-text in its metadata. Shards are written atomically and named by the hash of their
+one captured batch: tensor `acts` `[n, n_layers, hidden]` (fp32), optionally `tokens`
+`[n, n_layers, k, hidden]` (bf16: a few single tokens per text, for per-token
+calibration), and the sha256 of each text in its metadata. Shards are written atomically and named by the hash of their
 texts, so a run killed with SIGKILL leaves only complete shards, and the same batch
 captured again lands in the same file.
 """
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from amygdala._io import atomic_write_bytes, atomic_write_json
 
-STORE_FORMAT = "amygdala-activations/1"
+STORE_FORMAT = "amygdala-activations/2"  # /2: shards carry sampled single tokens
 
 
 def text_hash(text: str) -> str:
@@ -96,24 +97,27 @@ class ActivationStore:
         """Positions in `hashes` of texts the store does not hold."""
         return [i for i, h in enumerate(hashes) if h not in self._index]
 
-    def write(self, hashes: Sequence[str], acts: Tensor) -> Path:
+    def write(self, hashes: Sequence[str], acts: Tensor, tokens: Tensor | None = None) -> Path:
         """Store one captured batch atomically; returns the shard path."""
         from safetensors.torch import save
 
-        if acts.shape[0] != len(hashes):
+        if acts.shape[0] != len(hashes) or (tokens is not None and tokens.shape[0] != len(hashes)):
             raise ValueError(f"{len(hashes)} hashes for acts of shape {tuple(acts.shape)}")
         name = hashlib.sha256("".join(hashes).encode()).hexdigest()[:24] + ".safetensors"
-        blob = save({"acts": acts.detach().to("cpu", torch.float32).contiguous()},
-                    metadata={"hashes": json.dumps(list(hashes))})
+        tensors = {"acts": acts.detach().to("cpu", torch.float32).contiguous()}
+        if tokens is not None:
+            tensors["tokens"] = tokens.detach().to("cpu", torch.bfloat16).contiguous()
+        blob = save(tensors, metadata={"hashes": json.dumps(list(hashes))})
         path = self.shards / name
         atomic_write_bytes(path, blob)
         for row, h in enumerate(hashes):
             self._index.setdefault(h, _Where(name, row))
         return path
 
-    def iter_rows(self, hashes: Sequence[str], chunk: int = 256
+    def iter_rows(self, hashes: Sequence[str], chunk: int = 256, *, key: str = "acts"
                   ) -> Iterator[tuple[list[int], Tensor]]:
-        """Yield `(positions, acts)` over `hashes` in their order, `chunk` rows at a time.
+        """Yield `(positions, rows of tensor key)` over `hashes` in their order, `chunk`
+        rows at a time (`key`: `acts`, or `tokens` for the sampled single tokens).
 
         The order depends only on `hashes`, never on how the shards happen to be laid
         out, so sums accumulated from here are bitwise reproducible.
@@ -134,8 +138,8 @@ class ActivationStore:
                             handles.popitem(last=False)
                         handles[where.shard] = safe_open(str(self.shards / where.shard), "pt")
                     handles.move_to_end(where.shard)
-                    rows.append(handles[where.shard].get_slice("acts")[where.row])
-                yield positions, torch.stack(rows)
+                    rows.append(handles[where.shard].get_slice(key)[where.row])
+                yield positions, torch.stack(rows).to(torch.float32)
         finally:
             handles.clear()
 

@@ -136,6 +136,9 @@ def check_output(config: TrainConfig) -> None:
         raise ConfigError("--manifest must differ from --output")
 
 
+TOKEN_SAMPLE = 4  # single tokens kept per text for per-token calibration
+
+
 def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]
                         ) -> dict[str, Any]:
     """Everything that changes a pooled activation (the activation store's key)."""
@@ -149,6 +152,7 @@ def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]
         "pool_start": config.pool_start,
         "max_length": config.max_length,
         "dtype": str(lm.dtype).removeprefix("torch."),
+        "token_sample": TOKEN_SAMPLE,
     }
 
 
@@ -177,6 +181,15 @@ class Activations:
             if len(index):
                 yield index, acts
 
+    def iter_tokens(self, rows: Sequence[int], chunk: int = 256
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield `(text positions, tokens [B, L, k, H] fp32)`: each text's sampled single
+        tokens (NaN where a text had fewer than k, or where the model overflowed)."""
+        rows = list(rows)
+        hashes = [self.hashes[r] for r in rows]
+        for positions, tokens in self.store.iter_rows(hashes, chunk, key="tokens"):
+            yield np.asarray([rows[p] for p in positions]), tokens
+
 
 def capture_missing(lm: LoadedModel, texts: Sequence[str], acts: Activations,
                     layers: list[int], config: TrainConfig, rows: Sequence[int]) -> CaptureStats:
@@ -187,8 +200,10 @@ def capture_missing(lm: LoadedModel, texts: Sequence[str], acts: Activations,
                                batch_size=config.batch_size, max_length=config.max_length,
                                pool_start=config.pool_start,
                                padding_side=config.padding_side,  # type: ignore[arg-type]
-                               progress=config.progress, stats=stats):
-        acts.store.write([acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts)
+                               progress=config.progress, stats=stats,
+                               sample_tokens=TOKEN_SAMPLE):
+        acts.store.write([acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts,
+                         batch.tokens)
     return stats
 
 
@@ -224,21 +239,26 @@ def denoise(vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share
 
 def calibration_sums(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
                      rows: Sequence[int]) -> np.ndarray:
-    """Pass 2: count, sum and sum of squares of each concept's projection on its reference.
+    """Pass 2: count, sum and sum of squares of each concept's per-token projection
+    over its reference texts' sampled tokens.
 
-    `reference[i, c]` says whether text i is reference text for concept c (its
-    negatives, or the neutral texts for all). Returns `[3, n_layers, n_concepts]`
-    float64 sums, which add across processes; `calibration_stats` turns them into
-    mean and std.
+    Runtimes show a z-score for every token, so the statistics are those of single
+    tokens (`TOKEN_SAMPLE` per text, evenly spread over its real tokens), not of
+    per-text means, which spread much less. `reference[i, c]` says whether text i is
+    reference text for concept c (its negatives, or the neutral texts for all).
+    Returns `[3, n_layers, n_concepts]` float64 sums, which add across processes;
+    `calibration_stats` turns them into mean and std.
     """
     n_layers, n_concepts, _ = vectors.shape
     sums = np.zeros((3, n_layers, n_concepts))
-    for index, batch in acts.iter(rows):
-        proj = torch.einsum("blh,lch->blc", batch, vectors).double().numpy()
-        mask = reference[index].astype(np.float64)  # [B, C]
-        sums[0] += mask.sum(0)[None, :]
-        sums[1] += np.einsum("blc,bc->lc", proj, mask)
-        sums[2] += np.einsum("blc,bc->lc", proj * proj, mask)
+    for index, tokens in acts.iter_tokens(rows):
+        raw = torch.einsum("blkh,lch->blkc", tokens, vectors).double()
+        valid = torch.isfinite(raw)
+        proj = torch.where(valid, raw, 0.0).numpy()  # [B, L, k, C]
+        mask = reference[index].astype(np.float64)[:, None, None, :] * valid.numpy()
+        sums[0] += mask.sum(axis=(0, 2))
+        sums[1] += (proj * mask).sum(axis=(0, 2))
+        sums[2] += (proj * proj * mask).sum(axis=(0, 2))
     return sums
 
 
@@ -356,8 +376,9 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
         quality = (evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
                    if config.report_dir else None)
     manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
-    manifest["calibration"] = {"reference": ref_name, "mean": mean.round(6).tolist(),
-                               "std": std.round(6).tolist()}
+    manifest["calibration"] = {"reference": ref_name, "unit": "token",
+                               "tokens_per_text": TOKEN_SAMPLE,
+                               "mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
     if config.neutral_share:
         manifest["denoise"] = {"neutral_share": config.neutral_share,
                                "components_per_layer": components}
