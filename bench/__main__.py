@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(probes["threads"])
-    probes["gemm_start"] = gemm_gflops(seconds=0.3 if args.quick else 1.5)
+    probes["gemm_start"] = gemm_gflops(
+        size=512 if args.quick else 2048, seconds=0.3 if args.quick else 1.5
+    )
     results = []
     for name in args.names:
         print(f"[bench] {name} …", file=sys.stderr, flush=True)
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     probes.update(
         load_end=os.getloadavg()[0],
-        gemm_end=gemm_gflops(seconds=0.3 if args.quick else 1.5),
+        gemm_end=gemm_gflops(size=512 if args.quick else 2048, seconds=0.3 if args.quick else 1.5),
         peers=peer_versions(),
     )
     text = document(args, results, probes, time.perf_counter() - start)

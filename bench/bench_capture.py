@@ -149,9 +149,9 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     decoder = build_decoder(spec, ctx.workdir / "models" / "capture-decoder", texts)
     rounds = 1 if ctx.quick else ROUNDS
     rows = measure(
-        "all-MiniLM-L6-v2", str(minilm_path()), texts[: 16 if ctx.quick else 512], rounds
+        "all-MiniLM-L6-v2", str(minilm_path()), texts[: 16 if ctx.quick else 384], rounds
     )
-    rows += measure(spec.describe(), str(decoder), texts[: 8 if ctx.quick else 128], rounds)
+    rows += measure(spec.describe(), str(decoder), texts[: 8 if ctx.quick else 96], rounds)
     return rows
 
 

@@ -47,7 +47,7 @@ PIP_SPEC = ("torch==2.13.0", "transformers<5")
 BATCH = 16
 LAYERS = "1,2,3"
 GOAL = 5.0
-PAIR_CAP = 100  # pairs per concept (27 concepts); the peers forward 2 texts per pair
+PAIR_CAP = 64  # pairs per concept (27 concepts); the peers forward 2 texts per pair
 
 
 def venv_python(peer: str) -> Path:
@@ -135,13 +135,24 @@ def peer_model_spec(ctx: Context) -> DecoderSpec:
 
 def run_model(
     ctx: Context,
+    slug: str,
     label: str,
     model: str,
     pairs: Path,
     train_dir: Path,
     versions: dict[str, tuple[str | None, str]],
 ) -> list[dict[str, Any]]:
-    out = ctx.workdir / "peers" / label
+    if all(versions[p][0] is None for p in PEERS):  # nothing to compare with
+        return [{"model": label, "tool": "amygdala", "status": "skipped: no peer installed"}] + [
+            {
+                "model": label,
+                "tool": p,
+                "version": None,
+                "status": f"not available: {versions[p][1]}",
+            }
+            for p in PEERS
+        ]
+    out = ctx.workdir / "peers" / slug
     env = bench_env(ctx.workdir)
     amy_out = out / "amygdala" / "readout.safetensors"
     amy = run_timed(
@@ -244,11 +255,11 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         peer_model_spec(ctx), ctx.workdir / "models" / "peer-decoder", datasets.goemotions_texts()
     )
     rows = []
-    for label, model in (
-        ("MiniLM", str(minilm_path())),
-        (peer_model_spec(ctx).describe(), str(decoder)),
+    for slug, label, model in (
+        ("minilm", "MiniLM", str(minilm_path())),
+        ("decoder", peer_model_spec(ctx).describe(), str(decoder)),
     ):
-        rows += run_model(ctx, label, model, pairs, train_dir, versions)
+        rows += run_model(ctx, slug, label, model, pairs, train_dir, versions)
     for r in rows:
         r.update(
             forwards=forwards,

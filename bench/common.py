@@ -30,6 +30,7 @@ DEFAULT_WORKDIR = BENCH / "out"
 GOEMOTIONS = Path(
     os.environ.get("AMYGDALA_GOEMOTIONS", ROOT.parent / "shared" / "data" / "goemotions")
 )
+TOKENIZER_VERSION = 2  # bump when make_tokenizer changes: cached models are rebuilt
 NEUTRAL = "neutral"  # GoEmotions' 28th label: not a concept, its texts are negatives
 
 
@@ -186,7 +187,8 @@ def make_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    # no prefix space: transformers 4 and 5 disagree on that flag, and the peers run 4
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -229,7 +231,11 @@ def build_decoder(spec: DecoderSpec, directory: Path, tokenizer_texts: Sequence[
     """Save `spec` + a BPE tokenizer trained on `tokenizer_texts` to `directory` (cached)."""
     key = hashlib.sha256(
         json.dumps(
-            [spec.__dict__, hashlib.sha256("\n".join(tokenizer_texts).encode()).hexdigest()]
+            [
+                TOKENIZER_VERSION,
+                spec.__dict__,
+                hashlib.sha256("\n".join(tokenizer_texts).encode()).hexdigest(),
+            ]
         ).encode()
     ).hexdigest()[:16]
     stamp = directory / "bench-spec.txt"
@@ -487,7 +493,7 @@ def verdict(met: bool, detail: str = "") -> str:
     return ("**met**" if met else "**missed**") + (f" ({detail})" if detail else "")
 
 
-def gemm_gflops(size: int = 1024, seconds: float = 1.5) -> float:
+def gemm_gflops(size: int = 2048, seconds: float = 2.0) -> float:
     """Best fp32 matmul rate of this machine over a short window (GFLOP/s)."""
     import torch
 
