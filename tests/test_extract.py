@@ -308,20 +308,6 @@ def test_source_flag_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not Path(out).exists()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("amygdala.graph.mcp_source") is not None,
-    reason="the MCP source is installed",
-)
-def test_mcp_url_without_the_mcp_source_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    rc = main(
-        ["extract", "--memory-mcp-url", "http://127.0.0.1:9", "--output-dir", str(tmp_path / "out")]
-    )
-    assert rc == 2
-    assert "no MCP graph source" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("form", ["list", "@file", "path"])
 def test_emotions_flag_forms(tmp_path: Path, form: str) -> None:
     graph = _write_jsonl(tmp_path / "graph.jsonl", _graph_records())

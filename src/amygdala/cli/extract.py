@@ -27,9 +27,6 @@ where E is absent or scores at most --max-negative-score, and whose text names E
 complete or not at all; an existing training-data directory there is replaced.
 """
 
-_MCP_MODULE = "amygdala.graph.mcp_source"
-
-
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """`--graph FILE` and the MCP source's flags (`--memory-mcp-url URL` …)."""
     g = parser.add_argument_group("graph source (pass exactly one)")
@@ -40,19 +37,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a graph file export: JSONL, one node per line, or a JSON array",
     )
-    try:
-        from amygdala.graph.mcp_source import add_mcp_arguments
-    except ModuleNotFoundError as exc:
-        if exc.name != _MCP_MODULE:
-            raise
-        g.add_argument(
-            "--memory-mcp-url",
-            default=None,
-            metavar="URL",
-            help="base URL of a memory MCP server (not available in this install)",
-        )
-    else:
-        add_mcp_arguments(parser)
+    from amygdala.graph.mcp_source import add_mcp_arguments
+
+    add_mcp_arguments(parser)
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,16 +166,8 @@ def source_from_args(args: argparse.Namespace, default_graph: Path | None = None
     if graph is not None:
         return FileSource(graph)
     if url:
-        try:
-            from amygdala.graph.mcp_source import mcp_source_from_args
-        except ModuleNotFoundError as exc:
-            if exc.name != _MCP_MODULE:
-                raise
-            raise ConfigError(
-                "--memory-mcp-url: this install has no MCP graph source "
-                f"({_MCP_MODULE}); export the graph to a file and pass "
-                "--graph FILE"
-            ) from None
+        from amygdala.graph.mcp_source import mcp_source_from_args
+
         return mcp_source_from_args(args)
     if default_graph is not None:
         return FileSource(default_graph)
