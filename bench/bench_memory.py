@@ -10,6 +10,7 @@ the smallest to the largest run, growth under 100 MB beyond the texts themselves
 from __future__ import annotations
 
 import json
+import random
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from bench.common import (
     bench_env,
     build_decoder,
     run_timed,
+    synthetic_text,
     synthetic_training_dir,
     synthetic_vocabulary,
     table,
@@ -37,7 +39,10 @@ BATCH = 64
 
 
 def run(ctx: Context) -> list[dict[str, Any]]:
-    model = build_decoder(SPEC, ctx.workdir / "models" / "memory", synthetic_vocabulary(3000))
+    rng = random.Random(1)
+    vocab = synthetic_vocabulary(3000)
+    sample = [synthetic_text(rng, vocab, 40) for _ in range(2000)]  # as the texts are made
+    model = build_decoder(SPEC, ctx.workdir / "models" / "memory", sample)
     rows = []
     for n in QUICK_SIZES if ctx.quick else SIZES:
         data = ctx.workdir / "memory" / f"data-{n}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -182,7 +183,16 @@ def run_model(
         out / "amygdala.log",
         env=env,
     ).check()
-    rows = [{"model": label, "tool": "amygdala", "wall_s": amy.wall_s, "status": "ok"}]
+    amy_work = capture_seconds(amy.log)
+    rows = [
+        {
+            "model": label,
+            "tool": "amygdala",
+            "wall_s": amy.wall_s,
+            "status": "ok",
+            "work_s": amy_work,
+        }
+    ]
     for peer in PEERS:
         version, note = versions[peer]
         row: dict[str, Any] = {"model": label, "tool": peer, "version": version}
@@ -222,9 +232,16 @@ def run_model(
                 "wall_s": proc.wall_s,
                 "speedup": proc.wall_s / amy.wall_s,
                 "cosine": _cosines(amy_out, vec),
+                "work_s": json.loads(vec.with_suffix(".json").read_text())["loop_s"],
             }
         )
     return rows
+
+
+def capture_seconds(log: Path) -> float:
+    """The forward-pass time `amygdala train` reports (`captured … in 9.5s`)."""
+    match = re.search(r"captured \d+ texts / \d+ tokens in ([0-9.]+)s", log.read_text())
+    return float(match.group(1)) if match else float("nan")
 
 
 def _cosines(a: Path, b: Path) -> float:
@@ -274,6 +291,36 @@ def _count(pairs: Path) -> int:
     return len(json.loads(pairs.read_text(encoding="utf-8")))
 
 
+def _work(r: dict[str, Any], amygdala: dict[str, Any] | None = None) -> str:
+    """Seconds of model work (amygdala: its capture; a peer: its training calls)."""
+    work = r.get("work_s", float("nan"))
+    if amygdala is None or not amygdala.get("work_s"):
+        return f"{work:,.1f}"
+    return f"{work:,.1f} ({work / amygdala['work_s']:.1f}×)"
+
+
+def _why_missed(rows: list[dict[str, Any]]) -> list[str]:
+    """A note on why a ratio is below the goal, from this run's numbers."""
+    ok = [r for r in rows if r["status"] == "ok" and r["tool"] != "amygdala"]
+    if not ok or all(r["speedup"] >= GOAL for r in ok):
+        return []
+    amy = [r for r in rows if r["tool"] == "amygdala" and r["status"] == "ok"]
+    fixed = ", ".join(f"{r['wall_s'] - r['work_s']:.0f} of {r['wall_s']:.0f} s" for r in amy)
+    first = rows[0]
+    return [
+        f"- Why below {GOAL:.0f}× here: contrast pairs hold as many negatives as positives, "
+        "so one pass per distinct text saves at most about half the forwards "
+        f"({first['forwards']:,} → {first['unique_texts']:,}, "
+        f"{first['forwards'] / max(first['unique_texts'], 1):.1f}×); the models have 6 "
+        "blocks and the deepest target is 3, so stopping early runs 4 of 6 blocks (1.5×); "
+        "and the job is small, so process start and model load weigh "
+        f"(amygdala: {fixed} outside the forward passes). The same mechanisms on the "
+        "production shape — many concepts sharing 500 negatives each, 37 of 64 blocks — "
+        "give the section 1 ratios against the emotion-by-emotion baseline, and both peers, "
+        "like that baseline, run each concept's texts separately through the full model."
+    ]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     header = [
         "model",
@@ -282,15 +329,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "wall (s)",
         "amygdala faster by",
         "goal",
+        "model work (s)",
         "mean abs cosine vs amygdala",
     ]
     body = []
+    amygdala = {r["model"]: r for r in rows if r["tool"] == "amygdala" and r["status"] == "ok"}
     for r in rows:
         fw = f"{r['unique_texts']:,} (unique)" if r["tool"] == "amygdala" else f"{r['forwards']:,}"
         if r["status"] != "ok":
-            body.append([r["model"], r["tool"], "—", r["status"], "—", "—", "—"])
+            body.append([r["model"], r["tool"], "—", r["status"], "—", "—", "—", "—"])
         elif r["tool"] == "amygdala":
-            body.append([r["model"], "amygdala", fw, f"{r['wall_s']:,.1f}", "—", "—", "—"])
+            body.append(
+                [r["model"], "amygdala", fw, f"{r['wall_s']:,.1f}", "—", "—", _work(r), "—"]
+            )
         else:
             body.append(
                 [
@@ -300,6 +351,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     f"{r['wall_s']:,.1f}",
                     f"**{r['speedup']:.1f}×**",
                     f"≥ {GOAL:.0f}× " + verdict(r["speedup"] >= GOAL),
+                    _work(r, amygdala.get(r["model"])),
                     f"{r['cosine']:.3f}",
                 ]
             )
@@ -310,7 +362,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"({first.get('forwards', 0):,} texts per peer run, {first.get('unique_texts', 0):,} "
         "distinct). amygdala: `--pooling last --method mean_diff`, one process for all "
         "concepts; each peer: one process, one training call per concept. Batch 16 for "
-        "all, layers 1,2,3. Wall time includes process start and model load for everyone.",
+        "all, layers 1,2,3. Wall time includes process start and model load for everyone; "
+        "model work is amygdala's capture time as it reports it, and the time a peer spends "
+        "inside its training calls (in brackets: against amygdala's).",
         "- What the peers cannot do: neither trains several concepts in one pass (a text "
         "shared by many concepts runs once per concept and per side); both read one token "
         "(no mean pooling: steering-vectors takes a token index or a function of the "
@@ -326,6 +380,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "- The random decoder has MiniLM's shape and a BPE tokenizer trained on the "
         "GoEmotions texts; it exists so that repeng can run at all on the same texts.",
     ]
+    notes += _why_missed(rows)
     for r in rows:
         if r["tool"] != "amygdala" and r.get("note"):
             notes.append(f"- {r['tool']} ({r.get('version') or 'not installed'}): {r['note']}.")
