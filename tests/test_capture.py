@@ -213,3 +213,24 @@ def test_token_sample_picks_evenly_spread_real_tokens(load: Callable[[str], Load
         picks = [(2 * j + 1) * n // (2 * k) for j in range(k)] if n >= k else list(range(n))
         torch.testing.assert_close(got[i][:len(picks)], real[picks], atol=2e-5, rtol=2e-4)
         assert torch.isnan(got[i][len(picks):]).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_tokenize_in_chunks_equals_the_tokenizer(load: Callable[[str], LoadedModel],
+                                                 arch: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunking (here 4 texts a call) changes nothing: ids, pooling flags and the
+    truncation flag of every text equal one-text-at-a-time tokenizer output."""
+    import amygdala.capture as capture_mod
+
+    lm = load(arch)
+    monkeypatch.setattr(capture_mod, "TOKENIZE_CHUNK", 4)
+    texts = [*TEXTS, "the quick brown fox " * 40, "", *TEXTS[::-1], "x"]
+    toks = capture_mod.tokenize(lm.tokenizer, texts, max_length=24)
+    assert len(toks) == len(texts)
+    special = set(lm.tokenizer.all_special_ids)
+    for text, tok in zip(texts, toks, strict=True):
+        ref = lm.tokenizer(text, truncation=True, max_length=24)["input_ids"]
+        assert list(tok.ids) == ref
+        assert [bool(k) for k in tok.keep] == [i not in special for i in ref]
+        assert tok.truncated == (len(lm.tokenizer(text)["input_ids"]) > 24)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -180,11 +182,20 @@ class PooledBatch:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """Token ids and the pooling mask of one text (after truncation)."""
+    """Token ids and the pooling mask of one text (after truncation).
 
-    ids: list[int]
-    keep: list[bool]  # True where a real, non-special token may be pooled
+    Compact on purpose: `array('i')` ids and one byte per flag cost ~5 bytes a token,
+    where Python lists of ints and bools cost ~44 (50k texts: +8 MB instead of +490).
+    Both behave as sequences (`len`, indexing, iteration).
+    """
+
+    ids: array[int]
+    keep: bytes  # 1 where a real, non-special token may be pooled
     truncated: bool
+
+
+TOKENIZE_CHUNK = 1024  # texts per tokenizer call: the fast tokenizer's per-token
+# `Encoding` objects of one call exist at once, so one call over a whole corpus peaks high
 
 
 def tokenize(
@@ -193,11 +204,25 @@ def tokenize(
     """Tokenize with special tokens, truncate to `max_length`, mark poolable positions.
 
     Special tokens (BOS, [CLS], [SEP] …, also when typed into the text) are never
-    pooled; the first `pool_start`
-    real tokens are skipped too (mean pooling "from token offset k").
+    pooled; the first `pool_start` real tokens are skipped too (mean pooling "from
+    token offset k"). Texts go through the tokenizer `TOKENIZE_CHUNK` at a time.
     """
     if max_length < 1:
         raise ConfigError(f"--max-length must be at least 1, got {max_length}")
+    # Special tokens typed into the text itself ("<s>", "<|im_end|>") are not marked by
+    # special_tokens_mask; they are never pooled either.
+    special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
+    out: list[Tokenized] = []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        out.extend(_tokenize_chunk(tokenizer, texts[start:start + TOKENIZE_CHUNK],
+                                   max_length, pool_start, special_ids))
+    return out
+
+
+def _tokenize_chunk(
+    tokenizer: object, texts: Sequence[str], max_length: int, pool_start: int,
+    special_ids: frozenset[int],
+) -> list[Tokenized]:
     char_cap = max(max_length * 64, 4096)  # no need to tokenize a 5 MB node in full
     clipped = [t if len(t) <= char_cap else t[:char_cap] for t in texts]
     enc = tokenizer(clipped, add_special_tokens=True, truncation=True,  # type: ignore[operator]
@@ -211,19 +236,16 @@ def tokenize(
                           return_attention_mask=False)
         longer = {i for i, ids in zip(full, probe["input_ids"]) if len(ids) > max_length}
         longer |= {i for i in full if len(texts[i]) > char_cap}
-    # Special tokens typed into the text itself ("<s>", "<|im_end|>") are not marked by
-    # special_tokens_mask; they are never pooled either.
-    special_ids = set(getattr(tokenizer, "all_special_ids", ()))
     out = []
     for i, (ids, special) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-        keep = [not s and t not in special_ids for s, t in zip(special, ids)]
+        keep = bytearray(not s and t not in special_ids for s, t in zip(special, ids))
         if pool_start:
             seen = 0
             for j, k in enumerate(keep):
                 if k:
                     keep[j] = seen >= pool_start
                     seen += 1
-        out.append(Tokenized(ids=list(ids), keep=keep, truncated=i in longer))
+        out.append(Tokenized(ids=array("i", ids), keep=bytes(keep), truncated=i in longer))
     return out
 
 
@@ -240,16 +262,18 @@ def pad_batch(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`(input_ids, attention_mask, keep)` as `[batch, longest]` tensors."""
     width = max(len(t.ids) for t in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    keep = torch.zeros((len(items), width), dtype=torch.bool)
+    ids = np.full((len(items), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(items), width), dtype=np.int64)
+    keep = np.zeros((len(items), width), dtype=np.bool_)
     for row, t in enumerate(items):
         n = len(t.ids)
+        if not n:
+            continue
         cols = slice(width - n, width) if side == "left" else slice(0, n)
-        ids[row, cols] = torch.tensor(t.ids, dtype=torch.long)
+        ids[row, cols] = np.frombuffer(t.ids, dtype=np.intc)
         mask[row, cols] = 1
-        keep[row, cols] = torch.tensor(t.keep, dtype=torch.bool)
-    return ids, mask, keep
+        keep[row, cols] = np.frombuffer(t.keep, dtype=np.uint8)
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(keep)
 
 
 def forward_kwargs(lm: LoadedModel, ids: Tensor, mask: Tensor) -> dict[str, object]:

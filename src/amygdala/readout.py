@@ -368,7 +368,7 @@ def readout_ids(
     artifact: Artifact,
     ids: Sequence[int],
     *,
-    keep: Sequence[bool] | None = None,
+    keep: Sequence[bool] | bytes | None = None,
     device: str | None = None,
     dtype: str = "auto",
 ) -> Readout:
@@ -386,10 +386,10 @@ def readout_ids(
     if not ids:
         raise ConfigError("nothing to read: the text has no tokens")
     special = set(getattr(lm.tokenizer, "all_special_ids", ()))
-    keep = [i not in special for i in ids] if keep is None else list(keep)
+    keep = [i not in special for i in ids] if keep is None else [bool(k) for k in keep]
     projector = Projector(artifact, lm.device)
     recorder = ResidualRecorder(lm.blocks, projector.layers)
-    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=lm.device)
+    input_ids = torch.tensor([[int(i) for i in ids]], dtype=torch.long, device=lm.device)
     mask = torch.ones_like(input_ids)
     with torch.inference_mode():
         with recorder.record(stop_after_deepest=True) as outs:
