@@ -90,11 +90,19 @@ def main() -> None:
     parser.add_argument("--target-layers", required=True)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="train only every Nth concept (the harness extrapolates the loop: "
+        "each concept is a separate call, so the cost is additive)",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
     layers = [int(x) for x in args.target_layers.split(",")]
-    data: dict[str, list[list[str]]] = json.loads(args.pairs.read_text(encoding="utf-8"))
+    all_pairs: dict[str, list[list[str]]] = json.loads(args.pairs.read_text(encoding="utf-8"))
+    data = dict(list(all_pairs.items())[:: max(args.every, 1)])
     model, tokenizer = load(args.model)
     loop_start = time.perf_counter()
     concepts, rows = [], []
@@ -121,6 +129,8 @@ def main() -> None:
                 "setup_s": loop_start - start,
                 "loop_s": loop_s,
                 "texts_forwarded": 2 * sum(len(p) for p in data.values()),
+                "concepts_total": len(all_pairs),
+                "texts_total": 2 * sum(len(p) for p in all_pairs.values()),
             }
         )
     )

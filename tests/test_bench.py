@@ -18,10 +18,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+GOEMOTIONS = Path(
+    os.environ.get("AMYGDALA_GOEMOTIONS", ROOT.parent / "shared" / "data" / "goemotions")
+)
 SECTIONS = ("original", "peers", "capture", "memory", "scaling")
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not (GOEMOTIONS / "dev.tsv").exists(),
+    reason=f"the benchmarks read GoEmotions from {GOEMOTIONS} (never copied into the repo); "
+    "set AMYGDALA_GOEMOTIONS to run this test elsewhere",
+)
 def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     report = tmp_path / "BENCHMARKS.md"
     env = {
@@ -73,12 +81,9 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     assert {r["tool"] for r in peers} == {"amygdala", "repeng", "steering-vectors"}
     assert all(r["status"].startswith("not available") for r in peers if r["tool"] != "amygdala")
     memory = json.loads((results / "memory.json").read_text())["rows"]
-    runs = [r for r in memory if "probe" not in r]
-    assert len(runs) >= 2 and [r["texts"] for r in runs] == sorted(r["texts"] for r in runs)
-    assert all(r["peak_rss_mb"] > 0 for r in runs)
-    probes = {r["probe"]: r for r in memory if "probe" in r}
-    assert set(probes) == {"current", "chunked"}
-    assert probes["current"]["tokens"] == probes["chunked"]["tokens"] > 0
+    assert len(memory) >= 2
+    assert [r["texts"] for r in memory] == sorted(r["texts"] for r in memory)
+    assert all(r["peak_rss_mb"] > 0 for r in memory)
 
 
 def test_only_rejects_unknown_sections() -> None:
