@@ -316,6 +316,9 @@ class Engine:
         self.eos_ids = _eos_ids(lm)
         self.max_positions = _max_positions(lm.model.config)
         self._logits_to_keep = "logits_to_keep" in lm.forward_params
+        # transformers 5.24 renamed the KV cache argument and output field
+        # `past_key_values` → `cache` (the old name warns until 5.40); use what forward takes.
+        self._cache_name = "cache" if "cache" in lm.forward_params else "past_key_values"
         self.stats = EngineStats()
         self._inbox: queue.Queue[_Sequence | None] = queue.Queue()
         self._waiting: deque[_Sequence] = deque()
@@ -428,7 +431,7 @@ class Engine:
         `[k, n, L, C]`, see `Projector.project_stacked`)."""
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
-            "past_key_values": seq.cache,
+            self._cache_name: seq.cache,
             "use_cache": True,
         }
         if self._logits_to_keep:
@@ -445,7 +448,7 @@ class Engine:
                 out = self.lm.model(**kwargs)
             if not need_logits or out is None:
                 return None, raw
-            seq.cache = out.past_key_values
+            seq.cache = getattr(out, self._cache_name)
             return out.logits[0, -1].float(), raw
 
     def prompt_event(self, req: GenerationRequest, out: Tensor) -> PromptEvent:
