@@ -144,15 +144,7 @@ def run_model(
     versions: dict[str, tuple[str | None, str]],
 ) -> list[dict[str, Any]]:
     if all(versions[p][0] is None for p in PEERS):  # nothing to compare with
-        return [{"model": label, "tool": "amygdala", "status": "skipped: no peer installed"}] + [
-            {
-                "model": label,
-                "tool": p,
-                "version": None,
-                "status": f"not available: {versions[p][1]}",
-            }
-            for p in PEERS
-        ]
+        return _no_peer_rows({"model": label}, versions)
     out = ctx.workdir / "peers" / slug
     env = bench_env(ctx.workdir)
     amy_out = out / "amygdala" / "readout.safetensors"
@@ -202,6 +194,16 @@ def run_model(
             )
         rows.append(row)
     return rows
+
+
+def _no_peer_rows(
+    base: dict[str, Any], versions: dict[str, tuple[str | None, str]]
+) -> list[dict[str, Any]]:
+    """The rows of a job no peer could run: amygdala skipped, each peer's reason."""
+    return [{**base, "tool": "amygdala", "status": "skipped: no peer installed"}] + [
+        {**base, "tool": p, "version": None, "status": f"not available: {versions[p][1]}"}
+        for p in PEERS
+    ]
 
 
 def run_peer(
@@ -288,10 +290,7 @@ def production_rows(
         "production": True,
     }
     if all(versions[p][0] is None for p in PEERS):
-        return [{**base, "tool": "amygdala", "status": "skipped: no peer installed"}] + [
-            {**base, "tool": p, "version": None, "status": f"not available: {versions[p][1]}"}
-            for p in PEERS
-        ]
+        return _no_peer_rows(base, versions)
     amy = train_amygdala(ctx, "production", str(model), prod, layers)
     rows = [
         {
