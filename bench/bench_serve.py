@@ -9,9 +9,9 @@ CPU with the steps of `amygdala.serve.engine.Engine` (`Engine.run_here`: the wor
 KV-cache loop, on the timing thread). Each round decodes the same prompt twice in
 lockstep, one step of each in turn as the server interleaves clients: once with readout
 (200 concepts × 4 layers, calibrated, so raw and z for every token) and once without.
-Tokens/s counts every step of the request — prefill, decode and, with readout, the last
-token's extra pass that stops after the deepest hooked block — plus writing each
-token's stream chunk as JSON, as the server does.
+Tokens/s counts every step of the request — prefill and decode, one forward pass per
+token with or without readout (a token's readout comes from the pass that samples it)
+— plus writing each token's stream chunk as JSON, as the server does.
 
 Two clocks, summed over each request's own steps: the wall clock, and the CPU time of
 the decoding thread (torch runs one intra-op thread, so that thread does all the work).
@@ -22,7 +22,7 @@ Ratios are medians of per-round ratios.
 What readout costs per step: one read of the vectors (concepts × layers × hidden × 4
 bytes, fp32; decoding is memory-bound and the model's weights have just pushed them out
 of the cache), one host copy of `[2, layers, concepts]` float32 and its JSON (orjson,
-float32 digits); per request, one partial forward pass. The share therefore shrinks as models grow: the default row is a
+float32 digits). The share therefore shrinks as models grow: the default row is a
 GPT-2-small-sized model (~100M parameters); a much smaller one shows a larger share.
 
 `run(quick) -> list[dict]` and `markdown(rows) -> str` are what `python -m bench` calls.

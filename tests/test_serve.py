@@ -3,6 +3,9 @@
 The reference for every streamed readout is the offline readout API
 (`amygdala.readout.readout_ids`) run in this process on the same token ids: one full
 forward pass without a KV cache, against the server's cached, incremental decoding.
+A generated token's readout is the residual at the sampler's query position (the
+position whose logits sampled it): token k's is `readout_ids(prompt + generated[:k])`
+at its last position.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from _serving import random_artifact, running_servers, sse_chunks
 from amygdala.artifact import load_artifact
 from amygdala.models import load_model
 from amygdala.readout import readout_ids
-from amygdala.serve.engine import Engine, GenerationRequest, SamplingParams, TokenEvent
+from amygdala.serve.engine import (
+    Engine,
+    GenerationRequest,
+    PromptEvent,
+    SamplingParams,
+    TokenEvent,
+)
 from amygdala.serve.protocol import FALLBACK_CHAT_TEMPLATE
 
 KEY = "test-key-123"
@@ -92,15 +101,18 @@ def token_choices(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def assert_offline_parity(
     lm: Any, artifact: Any, prompt_ids: list[int], choices: list[dict[str, Any]]
 ) -> None:
-    """Streamed readouts == offline readout of prompt + generated ids, token by token."""
+    """Streamed readouts == offline readout at the sampler's query positions: token k's
+    is position `len(prompt_ids) - 1 + k` of prompt + generated ids (causal: the same as
+    the last position of prompt + generated[:k])."""
     gen = [c["token_id"] for c in choices]
-    ref = readout_ids(lm, artifact, prompt_ids + gen)
+    ref = readout_ids(lm, artifact, prompt_ids + gen[:-1])
     got_raw = torch.tensor([c["readout"] for c in choices])
     got_z = torch.tensor([c["readout_z"] for c in choices])
     assert got_raw.shape == (len(gen), len(LAYERS), len(CONCEPTS))
-    torch.testing.assert_close(got_raw, ref.raw[len(prompt_ids) :], **TOL)
+    assert ref.raw.shape[0] == len(prompt_ids) + len(gen) - 1
+    torch.testing.assert_close(got_raw, ref.raw[len(prompt_ids) - 1 :], **TOL)
     assert ref.z is not None
-    torch.testing.assert_close(got_z, ref.z[len(prompt_ids) :], **TOL)
+    torch.testing.assert_close(got_z, ref.z[len(prompt_ids) - 1 :], **TOL)
 
 
 # ---- models, manifest, auth ----------------------------------------------------------
@@ -177,6 +189,9 @@ def test_streamed_completion_parity(url: str, lm: Any, artifact: Any) -> None:
     torch.testing.assert_close(torch.tensor(first["readout_z"]), ref.z, **TOL)
     choices = token_choices(chunks)
     assert len(choices) == 12
+    # the first token was sampled at the last prompt position, in the same (prefill) pass
+    assert choices[0]["readout"] == first["readout"][-1]
+    assert choices[0]["readout_z"] == first["readout_z"][-1]
     assert [c["finish_reason"] for c in choices] == [None] * 11 + ["length"]
     assert_offline_parity(lm, artifact, prompt_ids, choices)
     gen = [c["token_id"] for c in choices]
@@ -432,21 +447,76 @@ def test_engine_kv_cache_parity_across_architectures(
     assert not any(m._forward_hooks for m in model.model.modules())
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert len(tokens) == 10 and tokens[-1].finish_reason == "length"
-    ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens])
+    # token k's readout is at position len(prompt) - 1 + k, the one whose logits sampled it
+    ref = readout_ids(model, art, list(prompt) + [e.token_id for e in tokens[:-1]])
     streamed = torch.from_numpy(np.stack([e.raw for e in tokens]))
-    torch.testing.assert_close(streamed, ref.raw[len(prompt) :], **TOL)
+    torch.testing.assert_close(streamed, ref.raw[len(prompt) - 1 :], **TOL)
     assert ref.z is not None
     torch.testing.assert_close(
-        torch.from_numpy(np.stack([e.z for e in tokens])), ref.z[len(prompt) :], **TOL
+        torch.from_numpy(np.stack([e.z for e in tokens])), ref.z[len(prompt) - 1 :], **TOL
     )
     # the same steps on the calling thread give the same tokens and values, hooks off after
     steps: list[int] = []
     (events_here,) = engine.run_here([request], on_step=lambda i, cpu, wall: steps.append(i))
     here = [e for e in events_here if isinstance(e, TokenEvent)]
-    assert steps == [0] * 11  # prefill, 9 decode steps, the last token's readout pass
+    assert steps == [0] * 10  # prefill and 9 decode steps: no extra pass for the last token
     assert [e.token_id for e in here] == [e.token_id for e in tokens]
     np.testing.assert_array_equal(np.stack([e.raw for e in here]), streamed.numpy())
     assert not any(m._forward_hooks for m in model.model.modules())
+
+
+def test_engine_readout_is_at_the_sampler_query_position(lm: Any, artifact: Any) -> None:
+    """The contract shared with the vLLM plugin: token k's readout is the residual at the
+    position whose logits sampled it, i.e. `readout_ids(prompt + generated[:k])` at its
+    last position (k = 0: the last prompt position), from the pass that sampled it; so a
+    sequence of m tokens takes m forward passes (prefill + m - 1 decode steps), one per
+    step, with readout on, with prompt readouts, and with readout off alike."""
+    m = 7
+    engine = Engine(lm, artifact)
+    prompt = tuple(lm.tokenizer("Tears ran down her face")["input_ids"])
+    params = SamplingParams(max_tokens=m, temperature=0, ignore_eos=True)
+    requests = [
+        GenerationRequest(prompt, params),
+        GenerationRequest(prompt, params, readout_prompt=True),
+        GenerationRequest(prompt, params, readout=False),
+    ]
+    calls = [0]
+    per_step: list[tuple[int, int]] = []  # (request, model calls the step made)
+
+    def count(_module: Any, _args: Any) -> None:
+        calls[0] += 1  # a pre-hook: counts passes that stop early too
+
+    def on_step(i: int, _cpu: float, _wall: float) -> None:
+        per_step.append((i, calls[0]))
+        calls[0] = 0
+
+    handle = lm.model.register_forward_pre_hook(count)
+    try:
+        events = engine.run_here(requests, on_step=on_step)
+    finally:
+        handle.remove()
+    assert per_step == [(i, 1) for _ in range(m) for i in range(len(requests))]
+
+    tokens = [[e for e in ev if isinstance(e, TokenEvent)] for ev in events]
+    gen = [e.token_id for e in tokens[0]]
+    assert all([e.token_id for e in t] == gen for t in tokens) and len(gen) == m
+    assert tokens[0][-1].finish_reason == "length"
+    for k in range(m):  # k = 0 (the last prompt position) through the final token
+        ref = readout_ids(lm, artifact, list(prompt) + gen[:k])
+        assert ref.z is not None
+        for seq in tokens[:2]:
+            got = seq[k]
+            assert got.raw is not None and got.z is not None
+            torch.testing.assert_close(torch.from_numpy(got.raw), ref.raw[-1], **TOL)
+            torch.testing.assert_close(torch.from_numpy(got.z), ref.z[-1], **TOL)
+    assert all(e.raw is None and e.z is None for e in tokens[2])
+    # prompt readouts stay each prompt position's own; the last is token 0's readout
+    (prompt_event,) = [e for e in events[1] if not isinstance(e, TokenEvent)]
+    assert isinstance(prompt_event, PromptEvent) and events[1][0] is prompt_event
+    ref = readout_ids(lm, artifact, list(prompt))
+    torch.testing.assert_close(torch.from_numpy(prompt_event.raw), ref.raw, **TOL)
+    np.testing.assert_array_equal(prompt_event.raw[-1], tokens[1][0].raw)
+    assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in lm.model.modules())
 
 
 # ---- the command line refuses what cannot work, before serving -------------------------

@@ -20,9 +20,10 @@ HELP = "serve a model over an OpenAI-compatible API, with per-token concept read
 DESCRIPTION = """\
 Serve a Hugging Face decoder LM over the OpenAI API (/v1/models, /v1/completions,
 /v1/chat/completions) with a KV cache. With --vectors, every streamed chunk carries
-choices[i].readout: [n_layers][n_concepts] raw dot products of that token's residual
-stream (at the token's own position) with each concept vector, in manifest order, and
-readout_z when the manifest is calibrated; GET /v1/readout/manifest names them.
+choices[i].readout: [n_layers][n_concepts] raw dot products of the residual stream at
+the position whose logits sampled that token (the last prompt position for the first
+token) with each concept vector, in manifest order, and readout_z when the manifest is
+calibrated; GET /v1/readout/manifest names them.
 
 Usage:
   AMYGDALA_API_KEY=secret amygdala serve --model Qwen/Qwen3-0.6B \\

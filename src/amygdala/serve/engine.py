@@ -8,13 +8,16 @@ never mix. A cancelled sequence (client gone) is dropped before its next step an
 KV cache freed; a waiting request then takes the slot.
 
 **Which residual a token's readout is.** The readout of a generated token is the
-residual stream at *that token's position*: the output of each hooked block computed
-when the token is fed back in as input (the forward pass that also yields the next
-token's logits). The last token of a sequence is fed through one extra forward pass
-that stops after the deepest hooked block. So a token is emitted one step after it is
-sampled, and its readout equals `amygdala.readout.readout_ids(prompt_ids + generated)`
-at the same position — the offline readout of the same text. Prompt readouts (on
-request) come from the prefill pass, position by position.
+residual stream at the *sampler's query position*: the position whose logits sampled
+the token (the last prompt position for the first token; position
+`len(prompt_ids) - 1 + k` for token k). It is each hooked block's output in the very
+forward pass that produced those logits, so a pass records its last position, samples,
+and emits the token with its readout at once: no delay and no extra pass at the end (a
+sequence of m tokens takes m passes, the prefill and m - 1 decode steps). Token k's
+readout equals `amygdala.readout.readout_ids(prompt_ids + generated[:k]).raw[-1]`, the
+offline readout of the text before it; this is the same contract as the vLLM plugin's.
+Prompt readouts (on request) come from the prefill pass, position by position, so the
+last one is also the first token's readout.
 
 Example:
     engine = Engine(lm, artifact)
@@ -99,7 +102,7 @@ class PromptEvent:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token, its text delta, and its readout at its own position."""
+    """One generated token, its text delta, and the readout at the position that sampled it."""
 
     index: int
     token_id: int
@@ -199,15 +202,6 @@ class Detokenizer:
 
 
 @dataclass
-class _Pending:
-    """A sampled token not yet emitted (it is emitted once its readout exists)."""
-
-    token_id: int
-    text: str
-    finish: FinishReason | None
-
-
-@dataclass
 class _Sequence:
     engine: Engine
     request: GenerationRequest
@@ -216,12 +210,13 @@ class _Sequence:
     cache: Any = None
     started: bool = False
     generated: int = 0
-    pending: _Pending | None = None
+    last_token: int = -1  # the latest sampled token: the next pass's input
     detok: Detokenizer | None = None
     generator: torch.Generator | None = None
 
     def step(self) -> bool:
-        """Run one forward pass and emit what it completes; True when the sequence is done."""
+        """Run one forward pass, sample from its last position and emit that token with
+        the readout at the same position; True when the sequence is done."""
         engine, req = self.engine, self.request
         read = req.readout and engine.projector is not None
         if not self.started:
@@ -229,28 +224,25 @@ class _Sequence:
             self.detok = Detokenizer(engine.tokenizer, req.prompt_ids, req.params.stop)
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(62)
             self.generator = torch.Generator(device=engine.device).manual_seed(seed + req.index)
+            prompt_too = read and req.readout_prompt
             logits, raw = engine.forward(
-                self, list(req.prompt_ids), record=read and req.readout_prompt, need_logits=True
+                self, list(req.prompt_ids), record=read, all_positions=prompt_too
             )
-            if raw is not None:
+            if prompt_too:
+                assert raw is not None
                 self.sink(engine.prompt_event(req, raw))
-            return self._sample(logits, read)
-        pending = self.pending
-        assert pending is not None  # invariant: a started, unfinished sequence has one
-        logits, raw = engine.forward(
-            self, [pending.token_id], record=read, need_logits=pending.finish is None
-        )
-        if read:
-            self.sink(engine.token_event(req.index, pending, raw))
-        if pending.finish is not None:
-            return True
-        return self._sample(logits, read)
+        else:
+            logits, raw = engine.forward(self, [self.last_token], record=read)
+        return self._sample(logits, raw)
 
-    def _sample(self, logits: Tensor | None, read: bool) -> bool:
-        assert logits is not None and self.detok is not None and self.generator is not None
+    def _sample(self, logits: Tensor, raw: Tensor | None) -> bool:
+        """Pick the next token and emit it with `raw` (the readout of the pass whose
+        logits these are); True when it ends the sequence."""
+        assert self.detok is not None and self.generator is not None
         req, engine = self.request, self.engine
         token = sample(logits, req.params, self.generator)
         self.generated += 1
+        self.last_token = token
         text, stopped = self.detok.add(token)
         finish: FinishReason | None = None
         if stopped or (token in engine.eos_ids and not req.params.ignore_eos):
@@ -262,10 +254,7 @@ class _Sequence:
             finish = "length"
         if finish is not None and not stopped:
             text += self.detok.flush()
-        self.pending = _Pending(token, text, finish)
-        if read:
-            return False  # emitted after the next forward pass, with its readout
-        self.sink(engine.token_event(req.index, self.pending, None))
+        self.sink(engine.token_event(req.index, token, text, finish, raw))
         return finish is not None
 
 
@@ -425,10 +414,11 @@ class Engine:
     # ---- worker thread ---------------------------------------------------------------
 
     def forward(
-        self, seq: _Sequence, ids: list[int], *, record: bool, need_logits: bool
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """One forward pass of `ids` on `seq`'s cache: (last logits, readout
-        `[k, n, L, C]`, see `Projector.project_stacked`)."""
+        self, seq: _Sequence, ids: list[int], *, record: bool, all_positions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """One forward pass of `ids` on `seq`'s cache: (last position's logits, readout
+        `[k, n, L, C]` when recording, see `Projector.project_stacked`). The readout is
+        of the last position only (n = 1) unless `all_positions`."""
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long, device=self.device),
             self._cache_name: seq.cache,
@@ -440,14 +430,13 @@ class Engine:
         with torch.inference_mode():
             if record:
                 assert self._hooks is not None and self.projector is not None
-                out, outs = self._hooks.run(
-                    lambda: self.lm.model(**kwargs), stop_after_deepest=not need_logits
+                out, outs = self._hooks.run(lambda: self.lm.model(**kwargs))
+                assert out is not None  # never stopped early: the logits are needed
+                raw = self.projector.project_stacked(
+                    [o[0] if all_positions else o[0, -1:] for o in outs]
                 )
-                raw = self.projector.project_stacked([o[0] for o in outs])
-            elif need_logits:
+            else:
                 out = self.lm.model(**kwargs)
-            if not need_logits or out is None:
-                return None, raw
             seq.cache = getattr(out, self._cache_name)
             return out.logits[0, -1].float(), raw
 
@@ -457,13 +446,21 @@ class Engine:
             req.index, req.prompt_ids, arrays[0], arrays[1] if len(arrays) > 1 else None
         )
 
-    def token_event(self, index: int, pending: _Pending, out: Tensor | None) -> TokenEvent:
+    def token_event(
+        self,
+        index: int,
+        token_id: int,
+        text: str,
+        finish: FinishReason | None,
+        out: Tensor | None,
+    ) -> TokenEvent:
+        """The event of a sampled token; `out` is its pass's readout (its last position)."""
         self.stats.tokens += 1
         if out is None:
-            return TokenEvent(index, pending.token_id, pending.text, None, None, pending.finish)
+            return TokenEvent(index, token_id, text, None, None, finish)
         arrays = np.ascontiguousarray(out[:, -1].cpu().numpy())  # [k, L, C]
         z = arrays[1] if len(arrays) > 1 else None
-        return TokenEvent(index, pending.token_id, pending.text, arrays[0], z, pending.finish)
+        return TokenEvent(index, token_id, text, arrays[0], z, finish)
 
     def _run(self) -> None:
         with self._hooks_on():
