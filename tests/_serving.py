@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 
+TMUX = shutil.which("tmux")
 BANNER = re.compile(r"amygdala serve: .* on (http://\S+)")
 
 
@@ -132,3 +134,47 @@ def sse_chunks(resp: httpx.Response) -> Iterator[dict[str, object]]:
         if line == "data: [DONE]":
             return
         yield json.loads(line[len("data: ") :])
+
+
+class Pane:
+    """A tmux session running one command; `text()` is what the terminal shows."""
+
+    def __init__(self, name: str, command: str) -> None:
+        assert TMUX is not None
+        self.name = name
+        self.tmux = [TMUX, "-L", name]  # a private tmux server: no one else's sizes or sessions
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", name, "-x", "120", "-y", "45", command],
+            check=True,
+        )
+
+    def text(self) -> str:
+        out = subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", self.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout
+
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = self.text()
+            if re.search(pattern, shown):
+                return shown
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} never appeared; the pane shows:\n{self.text()}")
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
+
+    def kill(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True, check=False)
+
+
+def bars(shown: str) -> dict[str, float]:
+    """concept -> value of each bar row in the top-concepts panel."""
+    panel = shown.split("top concepts")[1].split("recent tokens")[0]
+    rows = re.findall(r"│\s+(\w+) (█*)\s+([+-]\d+\.\d\d)", panel)
+    return {name: float(value) for name, _, value in rows}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -14,13 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from _serving import random_artifact, running_servers
+from _serving import TMUX, Pane, bars, random_artifact, running_servers
 from amygdala.cli.watch import StableRanking, WatchState
 
 KEY = "watch-key"
 CONCEPTS = ["warmth", "fear", "joy", "calm", "anger", "curiosity"]
 LAYERS = [1, 3]
-TMUX = shutil.which("tmux")
 
 
 # ---- hysteresis ----------------------------------------------------------------------
@@ -82,50 +79,6 @@ def server(
         yield url
 
 
-class Pane:
-    """A tmux session running one command; `text()` is what the terminal shows."""
-
-    def __init__(self, name: str, command: str) -> None:
-        assert TMUX is not None
-        self.name = name
-        self.tmux = [TMUX, "-L", name]  # a private tmux server: no one else's sizes or sessions
-        subprocess.run(
-            [*self.tmux, "new-session", "-d", "-s", name, "-x", "120", "-y", "45", command],
-            check=True,
-        )
-
-    def text(self) -> str:
-        out = subprocess.run(
-            [*self.tmux, "capture-pane", "-p", "-t", self.name],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return out.stdout
-
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            shown = self.text()
-            if re.search(pattern, shown):
-                return shown
-            time.sleep(0.2)
-        raise AssertionError(f"{pattern!r} never appeared; the pane shows:\n{self.text()}")
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
-
-    def kill(self) -> None:
-        subprocess.run([*self.tmux, "kill-server"], capture_output=True, check=False)
-
-
-def _bars(shown: str) -> dict[str, float]:
-    """concept -> value of each bar row in the top-concepts panel."""
-    panel = shown.split("top concepts")[1].split("recent tokens")[0]
-    rows = re.findall(r"│\s+(\w+) (█*)\s+([+-]\d+\.\d\d)", panel)
-    return {name: float(value) for name, _, value in rows}
-
-
 @pytest.mark.skipif(
     TMUX is None,
     reason="no tmux on PATH (Debian: apt-get install tmux); the terminal view is not exercised",
@@ -164,20 +117,20 @@ def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {KEY}"},
         ).json()["choices"][0]
         last_z = dict(zip(CONCEPTS, ref["readout_z"][-1][LAYERS.index(3)]))
-        bars = _bars(shown)
-        assert set(bars) == set(CONCEPTS)
-        assert bars == pytest.approx({c: round(v, 2) for c, v in last_z.items()}, abs=0.011)
+        shown_bars = bars(shown)
+        assert set(shown_bars) == set(CONCEPTS)
+        assert shown_bars == pytest.approx({c: round(v, 2) for c, v in last_z.items()}, abs=0.011)
 
         pane.keys("r")
         shown = pane.wait_for(r"layer 3 · raw dot products")
         last_raw = dict(zip(CONCEPTS, ref["readout"][-1][LAYERS.index(3)]))
-        assert _bars(shown) == pytest.approx(
+        assert bars(shown) == pytest.approx(
             {c: round(v, 2) for c, v in last_raw.items()}, abs=0.011
         )
         pane.keys("1")
         shown = pane.wait_for(r"layer 1 · raw dot products")
         last_raw1 = dict(zip(CONCEPTS, ref["readout"][-1][LAYERS.index(1)]))
-        assert _bars(shown) == pytest.approx(
+        assert bars(shown) == pytest.approx(
             {c: round(v, 2) for c, v in last_raw1.items()}, abs=0.011
         )
         assert "top concepts · layer 1" in shown
