@@ -8,7 +8,8 @@ Usage:
 Sections: original (vs the emotion-by-emotion algorithm), peers (repeng and
 steering-vectors, each in bench/.venvs/<peer>, created on first use), capture (engine
 overhead), memory (peak RSS), scaling (27B on H100s, on paper), serve (readout
-overhead while decoding; bench/bench_serve.py). Scratch files go to --workdir
+overhead while decoding; bench/bench_serve.py), vllm (the vLLM plugin's overhead while
+decoding in vLLM's own server; vLLM in bench/.venvs/vllm or $AMYGDALA_VLLM_PYTHON). Scratch files go to --workdir
 (bench/out by default, gitignored) and every section's raw numbers to
 <workdir>/results/<section>.json.
 """
@@ -45,6 +46,7 @@ SECTIONS: dict[str, str] = {
     "memory": "bench.bench_memory",
     "scaling": "bench.bench_scaling",
     "serve": "bench.bench_serve",
+    "vllm": "bench.bench_vllm",
 }
 SERVE_TITLE = "6. Serving: readout overhead while decoding"
 

@@ -230,6 +230,7 @@ def test_inbox_hands_each_token_its_sampler_row() -> None:
         stats = inbox.stats()
         assert stats["pid"] == os.getpid() and stats["served_requests"] == 1
         assert (stats["open_requests"], stats["dropped_rows"], stats["timeouts"]) == (0, 2, 1)
+        assert stats["received_rows"] == 6
 
     asyncio.run(main())
 

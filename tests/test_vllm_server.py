@@ -160,8 +160,6 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 COMMON = [
-    "--max-model-len",
-    "256",
     "--dtype",
     "float32",
     "--host",
@@ -172,14 +170,24 @@ COMMON = [
 
 
 @contextlib.contextmanager
-def vllm_server(argv: Sequence[str], env: dict[str, str], log: Path) -> Iterator[str]:
+def vllm_server(
+    argv: Sequence[str], env: dict[str, str], log: Path, max_model_len: int = 256
+) -> Iterator[str]:
     """vLLM's server in a subprocess (its own process group); yields the base URL once
     `/health` answers."""
     assert VLLM_PYTHON is not None
     port = _free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [VLLM_PYTHON, *argv, *COMMON, "--port", str(port)],
+            [
+                VLLM_PYTHON,
+                *argv,
+                *COMMON,
+                "--max-model-len",
+                str(max_model_len),
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(env),
@@ -506,45 +514,80 @@ def test_watch_works_against_vllm(server: str, tmp_path: Path) -> None:
 # ---- other servers -----------------------------------------------------------------------
 
 
-def test_two_api_server_processes(
+def test_tensor_parallel_two_api_servers_and_preemption(
     model_dir: Path, artifact: Path, lm: Any, art: Any, tmp_path: Path
 ) -> None:
-    """`vllm serve --api-server-count 2`: each API process gets the rows of its own
-    requests (several concurrent requests land on both)."""
+    """`vllm serve` with 2 tensor-parallel ranks, 2 API server processes and a KV cache of
+    192 tokens for 6 streams of 100 tokens, so the scheduler preempts and recomputes:
+    every readout still equals the offline one, each API server gets its own requests'
+    rows, and only one rank publishes (one row per token, never two)."""
     argv = [
         str(TESTS / "_vllm_cli.py"),
         "serve",
         str(model_dir),
         "--api-server-count",
         "2",
+        "--tensor-parallel-size",
+        "2",
         "--enforce-eager",
+        "--num-gpu-blocks-override",
+        "6",
+        "--block-size",
+        "32",
+        "--max-num-seqs",
+        "6",
     ]
-    with vllm_server(argv, readout_env(artifact), tmp_path / "multi.log") as url:
-        results: list[list[dict[str, Any]]] = []
+    env = {**readout_env(artifact), "VLLM_CPU_OMP_THREADS_BIND": "0|1"}  # a core per rank
+    texts = [
+        SHORT,
+        "Why does the sky turn red?",
+        "We debugged the test until midnight.",
+        "Fear crept in as the lights went out.",
+        "She sat quietly by the window.",
+        "He slammed the door, furious.",
+    ]
+    with vllm_server(argv, env, tmp_path / "tp.log", max_model_len=128) as url:
+        results: dict[int, list[dict[str, Any]]] = {}
 
-        def run() -> None:
+        def run(i: int) -> None:
             with httpx.Client() as client:  # a fresh connection: the kernel picks a process
                 body = {
                     "model": "m",
-                    "prompt": SHORT,
-                    "max_tokens": 4,
+                    "prompt": texts[i],
+                    "max_tokens": 100,
                     "temperature": 0,
+                    "ignore_eos": True,
                     "stream": True,
                 }
-                with client.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as resp:
-                    results.append(list(sse_chunks(resp)))  # type: ignore[arg-type]
+                with client.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as resp:
+                    results[i] = list(sse_chunks(resp))  # type: ignore[arg-type]
 
-        threads = [threading.Thread(target=run) for _ in range(12)]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(texts))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert len(results) == 12
-        for chunks in results:
-            check_tokens(lm, art, prompt_ids(lm, SHORT), token_choices(chunks))
-        stats = [httpx.get(f"{url}/v1/readout/stats", timeout=10).json() for _ in range(16)]
-        assert len({s["pid"] for s in stats}) == 2, stats
-        assert all(s["open_requests"] == 0 and s["timeouts"] == 0 for s in stats)
+        for i, text in enumerate(texts):
+            tokens = token_choices(results[i])
+            assert len(tokens) == 100
+            check_tokens(lm, art, prompt_ids(lm, text), tokens)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        preempted = [
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("vllm:num_preemptions_total")
+        ]
+        assert preempted and preempted[0] > 0, "the KV cache was meant to force preemption"
+        by_pid: dict[int, dict[str, int]] = {}
+        for _ in range(40):
+            stats = httpx.get(f"{url}/v1/readout/stats", timeout=10).json()
+            by_pid[stats["pid"]] = stats
+            if len(by_pid) == 2:
+                break
+        assert len(by_pid) == 2, by_pid
+        assert sum(s["served_requests"] for s in by_pid.values()) == len(texts)
+        assert sum(s["received_rows"] for s in by_pid.values()) == 100 * len(texts)
+        assert all(s["timeouts"] == 0 and s["open_requests"] == 0 for s in by_pid.values())
 
 
 def test_plugin_is_inert_without_the_variables(model_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ prefix cache with a cache salt, so every prompt position is computed).
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
+from amygdala.readout import token_strings
 from amygdala.vllm_plugin import _vllm
 from amygdala.vllm_plugin.channel import Receiver
 from amygdala.vllm_plugin.inbox import Inbox, Subscription
@@ -49,7 +50,6 @@ class _Served:
 
     def __init__(self, settings: ReadoutSettings, engine_client: Any) -> None:
         from amygdala.artifact import load_artifact
-        from amygdala.readout import token_strings
 
         artifact = load_artifact(settings.vectors, settings.manifest)
         self.manifest = artifact.manifest
@@ -60,8 +60,17 @@ class _Served:
         self.receiver = Receiver(os.environ[SESSION_ENV], shape, self.inbox.deliver)
         self.receiver.start()
         self.timeout = float(os.environ.get(TIMEOUT_ENV, "60"))
-        tokenizer = engine_client.get_tokenizer()
-        self.token_text = lambda ids: list(token_strings(tokenizer, ids))
+        self._tokenizer = engine_client.get_tokenizer()
+        self._token_cache: dict[int, str] = {}
+
+    def token_text(self, ids: Sequence[int]) -> list[str]:
+        """Each token decoded on its own (as `amygdala serve` shows them), cached per id:
+        a streamed token costs a dict lookup, not a tokenizer call."""
+        cache = self._token_cache
+        missing = [i for i in dict.fromkeys(ids) if i not in cache]
+        if missing:
+            cache.update(zip(missing, token_strings(self._tokenizer, missing)))
+        return [cache[i] for i in ids]
 
 
 class ReadoutEndpoints:

@@ -144,6 +144,7 @@ class Inbox:
         self.dropped = 0  # rows for keys no open request holds (finished, cancelled)
         self.timeouts = 0  # tokens sent without a readout because it never came
         self.served = 0  # requests that asked for readouts
+        self.received = 0  # rows that arrived from the workers
 
     def subscribe(
         self, key: str, match: Callable[[str], int | None], *, prompt: bool, n: int = 1
@@ -158,6 +159,7 @@ class Inbox:
             del self._subs[sub.key]
 
     def deliver(self, batch: Batch) -> None:
+        self.received += len(batch.positions)
         for entry, positions, values in batch.split():
             sub = self._subs.get(entry.key)
             if sub is None:
@@ -170,6 +172,7 @@ class Inbox:
             "pid": os.getpid(),  # this API server process (there may be several)
             "served_requests": self.served,
             "open_requests": len(self._subs),
+            "received_rows": self.received,
             "dropped_rows": self.dropped,
             "timeouts": self.timeouts,
         }
