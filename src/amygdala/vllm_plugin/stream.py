@@ -140,10 +140,13 @@ class Rewriter:
         readouts = [await self.sub.token(index, self.timeout) for _ in token_ids]
         texts = self.token_text(token_ids)
         out = []
+        # Earlier tokens of a multi-token chunk get the envelope without its usage.
+        early = {k: v for k, v in chunk.items() if k != "usage"}
         for j, (token_id, text, raw) in enumerate(zip(token_ids, texts, readouts)):
             last = j == len(token_ids) - 1
-            base = choice if last else self._empty_choice(choice)
-            out.append({**chunk, "choices": [{**base, **self._token_fields(token_id, text, raw)}]})
+            envelope, base = (chunk, choice) if last else (early, self._empty_choice(choice))
+            fields = self._token_fields(token_id, text, raw)
+            out.append({**envelope, "choices": [{**base, **fields}]})
         return out
 
     def _empty_choice(self, choice: dict[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class ReadoutTap:
                 v.to(device=device, dtype=torch.float32).t().contiguous() for v in vectors
             ]
         self._layers = list(layers)
-        self._sender = _Sender(publisher) if publisher is not None else None
+        self._sender = _Sender(publisher, device) if publisher is not None else None
 
     def install(self) -> None:
         """Wrap each hooked layer's forward (idempotent per layer)."""
@@ -121,7 +121,9 @@ class ReadoutTap:
         rows, by_pid = plan_rows(layout)
         if not rows:
             return
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        index = torch.tensor(rows, dtype=torch.long)
+        if self.device.type == "cuda":
+            index = index.pin_memory().to(self.device, non_blocking=True)
         values = self.out.index_select(1, index).transpose(0, 1).contiguous()  # [rows, L, C]
         positions = layout.positions.index_select(0, index)
         self._sender.put(values, positions, by_pid)
@@ -149,30 +151,34 @@ def _readout_forward(forward: Any, slot: int) -> Any:
 
 
 class _Sender:
-    """Copies rows to the host without stalling the step, then pushes them.
+    """Pushes each step's rows without stalling the step.
 
     On a GPU the copy goes to pinned memory on the current stream and a CUDA event marks
-    its end; the sender thread waits for the event, so the worker never synchronizes
-    with the device for a readout. On a CPU the copy is done when it returns.
+    its end; a sender thread waits for the event, so the worker never synchronizes with
+    the device for a readout. On a CPU the rows are on the host already and the push (a
+    non-blocking ZeroMQ send) happens inline, between steps: a thread woken every step
+    would preempt the worker's OpenMP threads, whose barriers then wait for it.
     """
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, device: torch.device) -> None:
         self._publisher = publisher
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="amygdala-readout", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if device.type == "cuda":
+            self._thread = threading.Thread(target=self._run, name="amygdala-readout", daemon=True)
+            self._thread.start()
 
     def put(self, values: Tensor, positions: Tensor, by_pid: dict[int, list[Entry]]) -> None:
-        event = None
-        if values.is_cuda:
-            host_values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host_positions = torch.empty(positions.shape, dtype=positions.dtype, pin_memory=True)
-            host_values.copy_(values, non_blocking=True)
-            host_positions.copy_(positions, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            values, positions = host_values, host_positions
-        self._queue.put((event, values, positions, by_pid))
+        if self._thread is None:
+            self._send(values.cpu().numpy(), positions.cpu().numpy().astype(np.int64), by_pid)
+            return
+        host_values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host_positions = torch.empty(positions.shape, dtype=positions.dtype, pin_memory=True)
+        host_values.copy_(values, non_blocking=True)
+        host_positions.copy_(positions, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._queue.put((event, host_values, host_positions, by_pid))
 
     def _run(self) -> None:
         while True:
@@ -180,8 +186,7 @@ class _Sender:
             if item is None:
                 return
             event, values, positions, by_pid = item
-            if event is not None:
-                event.synchronize()
+            event.synchronize()
             try:
                 self._send(values.numpy(), positions.numpy().astype(np.int64), by_pid)
             except Exception:  # a failed send must not kill the thread for later steps
@@ -197,6 +202,7 @@ class _Sender:
             start = stop
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
         self._publisher.close()
