@@ -608,6 +608,69 @@ def test_plugin_is_inert_without_the_variables(model_dir: Path, tmp_path: Path) 
     assert "amygdala readout" not in log.read_text(errors="replace")
 
 
+def test_gpt2_blocks_that_return_the_residual_itself(tmp_path: Path) -> None:
+    """GPT-2's block hands back the residual stream as one tensor (no separate residual):
+    the op reads it as is, and the readouts still equal the offline ones."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from amygdala.artifact import load_artifact
+    from amygdala.models import load_model
+    from conftest import make_tokenizer
+
+    model_dir = tmp_path / "gpt2"
+    config = GPT2Config(
+        n_embd=128,
+        n_layer=4,
+        n_head=2,
+        vocab_size=400,
+        n_positions=512,
+        bos_token_id=2,
+        eos_token_id=2,
+        architectures=["GPT2LMHeadModel"],
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    make_tokenizer(False).save_pretrained(model_dir)  # type: ignore[attr-defined]
+    out = tmp_path / "art" / "readout.safetensors"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amygdala",
+            "train",
+            "--model",
+            str(model_dir),
+            "--training-data-dir",
+            str(TESTS / "data" / "stories"),
+            "--target-layers",
+            "1,3",
+            "--output",
+            str(out),
+            "--min-examples",
+            "2",
+            "--no-cache",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    gpt2 = load_model(str(model_dir), device="cpu", dtype="fp32")
+    argv = [
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--enforce-eager",
+        "--api-key",
+        KEY,
+    ]
+    with vllm_server(argv, readout_env(out), tmp_path / "gpt2.log") as url:
+        body = {"model": "m", "prompt": LONG, "max_tokens": 6, "temperature": 0}
+        tokens = token_choices(stream(url, "/v1/completions", body))
+    check_tokens(gpt2, load_artifact(out), prompt_ids(gpt2, LONG), tokens)
+
+
 def _misfit(tmp_path: Path, hidden: int, layers: list[int]) -> Path:
     from _serving import random_artifact
 
