@@ -1,5 +1,6 @@
 """The reference memory server, run as `python -m amygdala memory-server` in a subprocess
-and spoken to with the official MCP client over streamable HTTP (and raw HTTP for auth).
+and spoken to with the official MCP client over streamable HTTP (and raw HTTP for auth)
+and over stdio (`--stdio`).
 
 Expected answers come from the graph file the test writes, not from the server's code.
 """
@@ -205,6 +206,59 @@ def test_token_env_flag_names_the_variable(tmp_path: Path) -> None:
         post = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
         bad = httpx.post(running.url, json=post, headers={"Authorization": "Bearer ignored"})
         assert bad.status_code == 401
+
+
+async def _stdio_async(
+    graph: Path, calls: list[tuple[str, dict[str, Any]]], errlog: Any
+) -> list[Any]:
+    from mcp.client.client import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "amygdala", "memory-server", "--graph", str(graph), "--stdio"],
+        env=clean_env(AMYGDALA_MEMORY_TOKEN="set-but-unused"),
+    )
+    async with Client(stdio_client(params, errlog=errlog), cache=None) as client:
+        answers: list[Any] = [await client.list_tools()]
+        for tool, args in calls:
+            answers.append(await client.call_tool(tool, args))
+        return answers
+
+
+def test_stdio_serves_the_same_tools_and_answers(tmp_path: Path) -> None:
+    """`--stdio`: the official client starts the server and talks over its stdin/stdout."""
+    graph = write_graph(tmp_path / "graph.jsonl")
+    calls = [("memory_render", {"key": RECORDS[0]["key"]}), ("memory_query", {"query": "all"}),
+             ("memory_render", {"key": "journal#gone"})]  # fmt: skip
+    with (tmp_path / "stderr.txt").open("w+") as errlog:
+        tools, render, query, gone = asyncio.run(_stdio_async(graph, calls, errlog))
+        errlog.seek(0)
+        stderr = errlog.read()
+    assert {t.name for t in tools.tools} == TOOLS
+    assert text(render) == RECORDS[0]["content"]  # exactly as stored, CRLF and tags included
+    assert [n["key"] for n in json.loads(text(query))["nodes"]] == [
+        "journal#j-2026-04-02-kitchen", "daily-2026-04-02", "note#rust",
+        "journal#j-2026-03-30-harbour", "weekly-2026-w14",
+    ]  # fmt: skip
+    assert gone.is_error and "unknown key 'journal#gone'" in text(gone)
+    assert f"serving 5 nodes from {graph} over stdio" in stderr
+    assert "AMYGDALA_MEMORY_TOKEN is set but not checked" in stderr
+    assert "set-but-unused" not in stderr
+
+
+@pytest.mark.parametrize("flag", [["--port", "7777"], ["--host", "0.0.0.0"]])
+def test_stdio_refuses_listening_flags(tmp_path: Path, flag: list[str]) -> None:
+    graph = write_graph(tmp_path / "graph.jsonl")
+    done = _server_cli("--graph", str(graph), "--stdio", *flag)
+    assert done.returncode == 2
+    assert f"error: {flag[0]}: with --stdio this server listens on no address" in done.stderr
+
+
+def test_stdio_with_a_missing_graph_file_exits_with_a_clear_error(tmp_path: Path) -> None:
+    done = _server_cli("--graph", str(tmp_path / "nope.jsonl"), "--stdio")
+    assert done.returncode == 2
+    assert "nope.jsonl: no such file" in done.stderr and done.stdout == ""
 
 
 def _server_cli(*args: str) -> subprocess.CompletedProcess[str]:

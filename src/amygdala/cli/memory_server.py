@@ -5,23 +5,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "serve a memory graph file over MCP (streamable HTTP), read-only"
+HELP = "serve a memory graph file over MCP (streamable HTTP or stdio), read-only"
 DESCRIPTION = """\
 Serve a memory graph file (JSONL export, or a JSON array) as an MCP server over
-streamable HTTP, with the tools a memory deployment offers: memory_query (pipeline
-queries such as 'all | type:episodic | sort:timestamp:desc | limit:10'), memory_render
-(one node's raw content by key), journal_tail and memory_search. It is read-only: there
-are no write tools, and the file is read once at start.
+streamable HTTP (or stdio, with --stdio), with the tools a memory deployment offers:
+memory_query (pipeline queries such as 'all | type:episodic | sort:timestamp:desc |
+limit:10'), memory_render (one node's raw content by key), journal_tail and
+memory_search. It is read-only: there are no write tools, and the file is read once at
+start.
 
 Usage:
   amygdala memory-server --graph graph.jsonl --port 7777
   amygdala extract --memory-mcp-url http://localhost:7777 --output-dir training-data/
+  amygdala extract --memory-mcp-command "amygdala memory-server --graph graph.jsonl --stdio" \\
+      --output-dir training-data/
 
 By default it listens on 127.0.0.1 only; pass --host 0.0.0.0 to expose it. When the
 environment variable AMYGDALA_MEMORY_TOKEN (or the one --token-env names) is set, every
 request needs `Authorization: Bearer <token>`; the token is never printed. Once ready it
-prints one line with the endpoint URL; stop it with Ctrl-C.
+prints one line with the endpoint URL; stop it with Ctrl-C. With --stdio it speaks MCP
+over its stdin and stdout instead (its client starts it), prints its ready line on
+stderr, checks no token, and stops when stdin closes.
 """
+
+DEFAULT_PORT = 7777
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the graph file to serve: JSONL, one node per line, or a JSON array",
     )
     parser.add_argument(
+        "--stdio",
+        action="store_true",
+        help="speak MCP over stdin/stdout (for a client that starts this command, such as "
+        "`amygdala extract --memory-mcp-command`) instead of listening on a port",
+    )
+    parser.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=None,
         help="address to listen on; default 127.0.0.1 (this machine only)",
     )
     parser.add_argument(
-        "--port", type=int, default=7777, help="port to listen on; 0 picks a free one; default 7777"
+        "--port",
+        type=int,
+        default=None,
+        help=f"port to listen on; 0 picks a free one; default {DEFAULT_PORT}",
     )
     parser.add_argument(
         "--path", default=DEFAULT_PATH, help=f"the MCP endpoint path; default {DEFAULT_PATH}"
@@ -64,16 +80,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amygdala.errors import ConfigError
-    from amygdala.graph.server import ServeConfig, serve
+    from amygdala.graph.server import DEFAULT_PATH, ServeConfig, serve, serve_stdio
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be 0…65535, got {args.port}")
     if args.render_delay < 0:
         raise ConfigError(f"--render-delay must be >= 0, got {args.render_delay}")
+    if args.stdio:
+        path = args.path if args.path != DEFAULT_PATH else None
+        flags_given = (("--host", args.host), ("--port", args.port), ("--path", path))
+        given = [flag for flag, value in flags_given if value is not None]
+        if given:
+            flags = ", ".join(given)
+            raise ConfigError(
+                f"{flags}: with --stdio this server listens on no address; drop {flags} or --stdio"
+            )
+        serve_stdio(args.graph, args.token_env, render_delay=args.render_delay)
+        return 0
+    port = DEFAULT_PORT if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0…65535, got {port}")
     config = ServeConfig(
         graph=args.graph,
-        host=args.host,
-        port=args.port,
+        host="127.0.0.1" if args.host is None else args.host,
+        port=port,
         path=args.path,
         token_env=args.token_env,
         render_delay=args.render_delay,

@@ -1,4 +1,4 @@
-"""The reference memory MCP server: a graph file served over streamable HTTP.
+"""The reference memory MCP server: a graph file served over streamable HTTP or stdio.
 
 It speaks the tool names a memory server deployment uses, so the extract command, the
 demo and the tests talk to it exactly as they would to a real one. It is read-only:
@@ -15,6 +15,10 @@ An unknown key, a bad query or an empty keyword is a tool error (`isError: true`
 text says what was wrong. When the environment variable named by `token_env`
 (`AMYGDALA_MEMORY_TOKEN` by default) is set, every HTTP request needs
 `Authorization: Bearer <token>`; the token is never printed or logged.
+
+Over stdio (`serve_stdio`) the server is a child process of its client: MCP messages
+go over its stdin and stdout, the ready line goes to stderr, no token is checked (none
+can be sent), and it stops when its stdin closes.
 
 Example:
     >>> config = ServeConfig(graph=Path("graph.jsonl"), port=7777)  # doctest: +SKIP
@@ -291,16 +295,40 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
+def _load(path: Path) -> MemoryGraph:
+    try:
+        return MemoryGraph.load(path)
+    except GraphError as exc:
+        raise GraphError(f"memory-server: {exc}") from None
+
+
+def serve_stdio(
+    graph_path: Path, token_env: str = DEFAULT_TOKEN_ENV, *, render_delay: float = 0.0
+) -> None:
+    """Serve over stdin/stdout until the client closes stdin; one line on stderr says so.
+
+    Stdout carries MCP messages only (the SDK points `sys.stdout` at stderr while it
+    serves, so a stray print cannot corrupt the stream).
+    """
+    graph = _load(graph_path)
+    if os.environ.get(token_env):
+        print(
+            f"note: ${token_env} is set but not checked: over stdio the client is the "
+            "process that started this server, and it sends no token",
+            file=sys.stderr,
+        )
+    print(f"serving {len(graph.nodes)} nodes from {graph_path} over stdio", file=sys.stderr)
+    sys.stderr.flush()
+    build_mcp_server(graph, render_delay=render_delay).run("stdio")
+
+
 def serve(config: ServeConfig, announce: Callable[[str], None] = _print_now) -> None:
     """Serve until interrupted; `announce` gets one line naming the URL once requests are accepted."""
     import uvicorn
 
     if not config.path.startswith("/"):
         raise ConfigError(f"--path must start with '/', got {config.path!r}")
-    try:
-        graph = MemoryGraph.load(config.graph)
-    except GraphError as exc:
-        raise GraphError(f"memory-server: {exc}") from None
+    graph = _load(config.graph)
     token = os.environ.get(config.token_env) or None
     app = build_app(graph, config, token)
     sock = _bind(config.host, config.port)
