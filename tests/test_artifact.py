@@ -26,8 +26,13 @@ def golden_content() -> tuple[dict[int, torch.Tensor], dict[str, object]]:
         1: torch.tensor([[0.6, 0.8, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]),
         3: torch.tensor([[0.0, -0.6, 0.0, 0.8], [0.5, 0.5, 0.5, 0.5]]),
     }
-    manifest = {"concepts": ["calm", "fear"], "layers": [1, 3], "hidden_size": 4,
-                "dtype": "float16", "format": "amygdala-readout/1"}
+    manifest = {
+        "concepts": ["calm", "fear"],
+        "layers": [1, 3],
+        "hidden_size": 4,
+        "dtype": "float16",
+        "format": "amygdala-readout/1",
+    }
     return vectors, manifest
 
 
@@ -53,7 +58,8 @@ def test_writer_reproduces_golden_bytes(tmp_path: Path) -> None:
     path = write_pair(tmp_path)
     assert path.read_bytes() == (GOLDEN / "readout.safetensors").read_bytes()
     assert json.loads(path.with_suffix(".json").read_text()) == json.loads(
-        (GOLDEN / "readout.json").read_text())
+        (GOLDEN / "readout.json").read_text()
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -65,6 +71,7 @@ def test_round_trip(tmp_path: Path, dtype: str) -> None:
     assert art.stacked().shape == (2, 2, 4)
     # the safetensors file describes itself: the manifest is embedded in its metadata
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as fh:
         embedded = json.loads(fh.metadata()["amygdala_manifest"])
     assert embedded == art.manifest
@@ -85,9 +92,13 @@ def corrupt(path: Path, how: str) -> None:
     elif how == "manifest-json":
         man.write_text("{not json")
     elif how in ("concepts", "layers", "hidden", "dtype", "dupes", "missing-field"):
-        edit = {"concepts": ("concepts", ["calm", "fear", "joy"]),
-                "layers": ("layers", [1, 2]), "hidden": ("hidden_size", 5),
-                "dtype": ("dtype", "float32"), "dupes": ("concepts", ["calm", "calm"])}
+        edit = {
+            "concepts": ("concepts", ["calm", "fear", "joy"]),
+            "layers": ("layers", [1, 2]),
+            "hidden": ("hidden_size", 5),
+            "dtype": ("dtype", "float32"),
+            "dupes": ("concepts", ["calm", "calm"]),
+        }
         if how == "missing-field":
             del m["hidden_size"]
         else:
@@ -109,12 +120,14 @@ def corrupt(path: Path, how: str) -> None:
 
 def _raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as fh:
         return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()  # noqa: SIM118
 
 
 def _write_raw(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
+
     save_file(tensors, str(path), metadata=meta)
 
 

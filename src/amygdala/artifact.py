@@ -27,7 +27,9 @@ FORMAT = "amygdala-readout/1"
 METADATA_KEY = "amygdala_manifest"
 RUNTIME_FIELDS = ("concepts", "layers", "hidden_size", "dtype")
 VECTOR_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
 }
 _KEY_RE = re.compile(r"^layer_(\d+)\.vectors$")
 
@@ -93,8 +95,10 @@ def save_artifact(
     if problems:
         raise ArtifactError("refusing to write an invalid artifact: " + "; ".join(problems))
     storage = VECTOR_DTYPES[manifest["dtype"]]
-    tensors = {tensor_key(int(layer)): v.detach().to("cpu", storage).contiguous()
-               for layer, v in vectors.items()}
+    tensors = {
+        tensor_key(int(layer)): v.detach().to("cpu", storage).contiguous()
+        for layer, v in vectors.items()
+    }
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(manifest, sort_keys=True)})
     atomic_write_bytes(vec_path, blob)
     atomic_write_json(man_path, manifest)
@@ -133,8 +137,10 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
 def _check_layer(layer: int, v: Tensor, n_concepts: int, hidden: Any, dtype: Any) -> list[str]:
     problems = []
     if tuple(v.shape) != (n_concepts, hidden):
-        problems.append(f"layer {layer}: vectors {tuple(v.shape)} != "
-                        f"(n_concepts, hidden_size) ({n_concepts}, {hidden})")
+        problems.append(
+            f"layer {layer}: vectors {tuple(v.shape)} != "
+            f"(n_concepts, hidden_size) ({n_concepts}, {hidden})"
+        )
     if dtype in VECTOR_DTYPES and v.dtype != VECTOR_DTYPES[dtype] and v.dtype != torch.float32:
         problems.append(f"layer {layer}: tensor dtype {v.dtype} but manifest says {dtype}")
     v32 = v.to(torch.float32)
@@ -147,13 +153,16 @@ def _check_layer(layer: int, v: Tensor, n_concepts: int, hidden: Any, dtype: Any
         off = (norms - 1).abs() > tol
         if off.any():
             rows = off.nonzero().flatten().tolist()
-            problems.append(f"layer {layer}: rows {rows[:10]} are not unit-norm "
-                            f"(norms {[round(float(norms[r]), 4) for r in rows[:3]]})")
+            problems.append(
+                f"layer {layer}: rows {rows[:10]} are not unit-norm "
+                f"(norms {[round(float(norms[r]), 4) for r in rows[:3]]})"
+            )
     return problems
 
 
-def inspect_artifact(path: str | Path, manifest_path: str | Path | None = None
-                     ) -> tuple[Artifact | None, list[str]]:
+def inspect_artifact(
+    path: str | Path, manifest_path: str | Path | None = None
+) -> tuple[Artifact | None, list[str]]:
     """Read a pair and list every problem with it, one line each (never raises).
 
     The artifact is None only when a file cannot be read at all.
@@ -166,8 +175,10 @@ def inspect_artifact(path: str | Path, manifest_path: str | Path | None = None
     except ArtifactError as exc:
         return None, [str(exc)]
     if manifest is None:
-        return None, [f"{man_path} does not exist and {vec_path.name} carries no embedded "
-                      "manifest; pass the manifest path (--manifest)"]
+        return None, [
+            f"{man_path} does not exist and {vec_path.name} carries no embedded "
+            "manifest; pass the manifest path (--manifest)"
+        ]
     vectors, problems = _vectors_by_layer(tensors)
     if embedded is not None and man_path.exists():
         problems.extend(_compare_manifests(embedded, manifest, vec_path.name, man_path.name))
@@ -203,10 +214,12 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | N
         data = path.read_bytes()
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); it may be "
-                            "truncated or corrupt: retrain or copy it again") from None
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({exc}); it may be "
+            "truncated or corrupt: retrain or copy it again"
+        ) from None
     meta = header.get("__metadata__") or {}
     embedded = None
     if METADATA_KEY in meta:
@@ -238,11 +251,14 @@ def _vectors_by_layer(tensors: dict[str, Tensor]) -> tuple[dict[int, Tensor], li
     return vectors, problems
 
 
-def _compare_manifests(embedded: dict[str, Any], sidecar: dict[str, Any],
-                       vec_name: str, man_name: str) -> list[str]:
+def _compare_manifests(
+    embedded: dict[str, Any], sidecar: dict[str, Any], vec_name: str, man_name: str
+) -> list[str]:
     problems = []
     for key in RUNTIME_FIELDS:
         if embedded.get(key) != sidecar.get(key):
-            problems.append(f"{man_name} and {vec_name} disagree on {key!r} "
-                            "(the two files come from different runs?)")
+            problems.append(
+                f"{man_name} and {vec_name} disagree on {key!r} "
+                "(the two files come from different runs?)"
+            )
     return problems

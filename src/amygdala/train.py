@@ -75,8 +75,9 @@ class TrainConfig:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"--pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.vectors_dtype not in VECTOR_DTYPES:
-            raise ConfigError(f"--vectors-dtype {self.vectors_dtype!r}: choose one of "
-                              f"{', '.join(VECTOR_DTYPES)}")
+            raise ConfigError(
+                f"--vectors-dtype {self.vectors_dtype!r}: choose one of {', '.join(VECTOR_DTYPES)}"
+            )
         for name in ("batch_size", "max_length", "min_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -86,11 +87,15 @@ class TrainConfig:
             raise ConfigError("--padding-side must be left or right")
         get_method(self.method)
         if not 0.0 <= self.neutral_share < 1.0:
-            raise ConfigError(f"--neutral-share {self.neutral_share}: pass a share of variance "
-                              "in [0, 1); 0 turns denoising off")
+            raise ConfigError(
+                f"--neutral-share {self.neutral_share}: pass a share of variance "
+                "in [0, 1); 0 turns denoising off"
+            )
         if self.neutral_share and self.neutral is None:
-            raise ConfigError("--neutral-share needs --neutral PATH (the neutral text whose "
-                              "principal components are projected out)")
+            raise ConfigError(
+                "--neutral-share needs --neutral PATH (the neutral text whose "
+                "principal components are projected out)"
+            )
 
     @property
     def manifest_path(self) -> Path:
@@ -116,13 +121,17 @@ def select_concepts(corpus: Corpus, min_examples: int) -> tuple[Corpus, dict[str
     keep, skipped = [], {}
     for concept, (pos, neg) in corpus.counts("train").items():
         if pos < min_examples or neg < min_examples:
-            skipped[concept] = (f"{pos} positives / {neg} negatives in the train split, "
-                                f"fewer than --min-examples {min_examples}")
+            skipped[concept] = (
+                f"{pos} positives / {neg} negatives in the train split, "
+                f"fewer than --min-examples {min_examples}"
+            )
         else:
             keep.append(concept)
     if not keep:
-        raise CorpusError(f"no concept in {corpus.source} has at least {min_examples} train "
-                          "positives and negatives; add data or lower --min-examples")
+        raise CorpusError(
+            f"no concept in {corpus.source} has at least {min_examples} train "
+            "positives and negatives; add data or lower --min-examples"
+        )
     return corpus.select(keep), skipped
 
 
@@ -130,8 +139,10 @@ def check_output(config: TrainConfig) -> None:
     """Fail before the expensive part when the outputs cannot be written."""
     for path in (config.output, config.manifest_path):
         if path.is_dir():
-            raise ConfigError(f"output {path} is a directory; pass a file path such as "
-                              f"{path / 'readout.safetensors'}")
+            raise ConfigError(
+                f"output {path} is a directory; pass a file path such as "
+                f"{path / 'readout.safetensors'}"
+            )
     if config.output.resolve() == config.manifest_path.resolve():
         raise ConfigError("--manifest must differ from --output")
 
@@ -139,8 +150,7 @@ def check_output(config: TrainConfig) -> None:
 TOKEN_SAMPLE = 4  # single tokens kept per text for per-token calibration
 
 
-def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]
-                        ) -> dict[str, Any]:
+def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]) -> dict[str, Any]:
     """Everything that changes a pooled activation (the activation store's key)."""
     return {
         "model": config.model,
@@ -169,7 +179,9 @@ class Activations:
     hashes: list[str]  # one per text, in the caller's text order
     nonfinite: set[int] = field(default_factory=set)
 
-    def iter(self, rows: Sequence[int], chunk: int = 256) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def iter(
+        self, rows: Sequence[int], chunk: int = 256
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield `(text positions, acts [B, L, H] fp32)` for `rows`, in their order."""
         rows = list(rows)
         for positions, acts in self.store.iter_rows([self.hashes[r] for r in rows], chunk):
@@ -181,8 +193,9 @@ class Activations:
             if len(index):
                 yield index, acts
 
-    def iter_tokens(self, rows: Sequence[int], chunk: int = 256
-                    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def iter_tokens(
+        self, rows: Sequence[int], chunk: int = 256
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield `(text positions, tokens [B, L, k, H] fp32)`: each text's sampled single
         tokens (NaN where a text had fewer than k, or where the model overflowed)."""
         rows = list(rows)
@@ -191,30 +204,51 @@ class Activations:
             yield np.asarray([rows[p] for p in positions]), tokens
 
 
-def capture_missing(lm: LoadedModel, texts: Sequence[str], acts: Activations,
-                    layers: list[int], config: TrainConfig, rows: Sequence[int]) -> CaptureStats:
+def capture_missing(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    acts: Activations,
+    layers: list[int],
+    config: TrainConfig,
+    rows: Sequence[int],
+) -> CaptureStats:
     """Run the model over the texts among `rows` that the store lacks, one shard per batch."""
     missing = [rows[i] for i in acts.store.missing([acts.hashes[r] for r in rows])]
     stats = CaptureStats()
-    for batch in capture_texts(lm, [texts[r] for r in missing], layers, pooling=config.pooling,
-                               batch_size=config.batch_size, max_length=config.max_length,
-                               pool_start=config.pool_start,
-                               padding_side=config.padding_side,  # type: ignore[arg-type]
-                               progress=config.progress, stats=stats,
-                               sample_tokens=TOKEN_SAMPLE):
-        acts.store.write([acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts,
-                         batch.tokens)
+    for batch in capture_texts(
+        lm,
+        [texts[r] for r in missing],
+        layers,
+        pooling=config.pooling,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        pool_start=config.pool_start,
+        padding_side=config.padding_side,  # type: ignore[arg-type]
+        progress=config.progress,
+        stats=stats,
+        sample_tokens=TOKEN_SAMPLE,
+    ):
+        acts.store.write(
+            [acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts, batch.tokens
+        )
     return stats
 
 
-def accumulate(acts: Activations, labels: np.ndarray, rows: Sequence[int], n_layers: int,
-               hidden: int, method: str = DEFAULT_METHOD) -> ConceptStats:
+def accumulate(
+    acts: Activations,
+    labels: np.ndarray,
+    rows: Sequence[int],
+    n_layers: int,
+    hidden: int,
+    method: str = DEFAULT_METHOD,
+) -> ConceptStats:
     """Pass 1: per-concept running sums over `rows` (labels `[n_texts, n_concepts]`), with
     the accumulators `method` needs; methods that make their own passes get `stats.rows`."""
     stats = ConceptStats.zeros(n_layers, labels.shape[1], hidden, needs=method_needs(method))
     for index, batch in acts.iter(rows):
         stats.update(torch.from_numpy(labels[index]), batch)
     if "rows" in method_needs(method):
+
         def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for index, batch in acts.iter(rows):
                 yield torch.from_numpy(labels[index]), batch
@@ -223,8 +257,9 @@ def accumulate(acts: Activations, labels: np.ndarray, rows: Sequence[int], n_lay
     return stats
 
 
-def denoise(vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share: float,
-            dist: Any) -> tuple[torch.Tensor, list[int]]:
+def denoise(
+    vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share: float, dist: Any
+) -> tuple[torch.Tensor, list[int]]:
     """Project the neutral texts' top principal components (`share` of their variance) out
     of every vector; returns the vectors and the number of components per layer."""
     n_layers, _, hidden = vectors.shape
@@ -237,8 +272,9 @@ def denoise(vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share
     return project_out(vectors, basis), [b.shape[1] for b in basis]
 
 
-def calibration_sums(acts: Activations, vectors: torch.Tensor, reference: np.ndarray,
-                     rows: Sequence[int]) -> np.ndarray:
+def calibration_sums(
+    acts: Activations, vectors: torch.Tensor, reference: np.ndarray, rows: Sequence[int]
+) -> np.ndarray:
     """Pass 2: count, sum and sum of squares of each concept's per-token projection
     over its reference texts' sampled tokens.
 
@@ -293,8 +329,14 @@ def open_store(config: TrainConfig, fingerprint: dict[str, Any]) -> Iterator[Act
         yield ActivationStore(Path(tmp), fingerprint)
 
 
-def build_manifest(config: TrainConfig, lm: LoadedModel, corpus: Corpus, layers: list[int],
-                   stats: ConceptStats, skipped: dict[str, str]) -> dict[str, Any]:
+def build_manifest(
+    config: TrainConfig,
+    lm: LoadedModel,
+    corpus: Corpus,
+    layers: list[int],
+    stats: ConceptStats,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
     """The manifest: the four runtime fields first, then provenance and counts."""
     pos, neg = stats.pos_count.tolist(), stats.neg_count.tolist()
     return {
@@ -314,8 +356,7 @@ def build_manifest(config: TrainConfig, lm: LoadedModel, corpus: Corpus, layers:
         "method": config.method,
         "model_dtype": str(lm.dtype).removeprefix("torch."),
         "training_data": corpus.source,
-        "counts": {c: {"positive": p, "negative": n}
-                   for c, p, n in zip(corpus.concepts, pos, neg)},
+        "counts": {c: {"positive": p, "negative": n} for c, p, n in zip(corpus.concepts, pos, neg)},
         "skipped_concepts": skipped,
         "amygdala_version": __version__,
     }
@@ -337,33 +378,49 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     neutral = load_neutral(config.neutral) if config.neutral else []
     dist, device = init_distributed(config.device)
     if dist.active and ("rows" in method_needs(config.method) or config.report_dir):
-        raise ConfigError(f"--method {config.method} / --report read every stored activation "
-                          "in one process; run them without torchrun (amygdala report can "
-                          "follow a torchrun job, on the same --cache-dir)")
+        raise ConfigError(
+            f"--method {config.method} / --report read every stored activation "
+            "in one process; run them without torchrun (amygdala report can "
+            "follow a torchrun job, on the same --cache-dir)"
+        )
     if lm is None:
-        lm = load_model(config.model, device=device, dtype=config.dtype,
-                        revision=config.revision, blocks_path=config.blocks_path,
-                        trust_remote_code=config.trust_remote_code,
-                        device_map=config.device_map)
+        lm = load_model(
+            config.model,
+            device=device,
+            dtype=config.dtype,
+            revision=config.revision,
+            blocks_path=config.blocks_path,
+            trust_remote_code=config.trust_remote_code,
+            device_map=config.device_map,
+        )
     layers = parse_layers(config.target_layers, lm.n_layers)
     texts = list(corpus.texts) + neutral
     train_rows = np.flatnonzero((corpus.train != 0).any(axis=1)).tolist()
     heldout_rows = np.flatnonzero((corpus.heldout != 0).any(axis=1)).tolist()
-    needed: list[int] = sorted(set(train_rows) | set(heldout_rows)
-                               | set(range(len(corpus.texts), len(texts))))
+    needed: list[int] = sorted(
+        set(train_rows) | set(heldout_rows) | set(range(len(corpus.texts), len(texts)))
+    )
     mine = set(dist.share(needed))  # this process's texts (all of them without torchrun)
     with open_store(config, capture_fingerprint(config, lm, layers)) as store:
         acts = Activations(store, [text_hash(t) for t in texts])
         cstats = capture_missing(lm, texts, acts, layers, config, [r for r in needed if r in mine])
-        stats = accumulate(acts, corpus.train, [r for r in train_rows if r in mine], len(layers),
-                           lm.hidden_size, config.method)
+        stats = accumulate(
+            acts,
+            corpus.train,
+            [r for r in train_rows if r in mine],
+            len(layers),
+            lm.hidden_size,
+            config.method,
+        )
         for tensor in stats.tensors():
             dist.sum_(tensor)
         nonfinite = int(dist.sum_array(np.array([len(acts.nonfinite)]))[0])
         if nonfinite >= len(train_rows):
-            raise CaptureError(f"every training text gave NaN/Inf activations with --dtype "
-                               f"{config.dtype}; fp16 overflows on many models: use --dtype "
-                               "bf16 or fp32")
+            raise CaptureError(
+                f"every training text gave NaN/Inf activations with --dtype "
+                f"{config.dtype}; fp16 overflows on many models: use --dtype "
+                "bf16 or fp32"
+            )
         vectors = fit_vectors(config, corpus, stats)
         components: list[int] = []
         if config.neutral_share:
@@ -373,15 +430,24 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
         reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
         sums = calibration_sums(acts, stored, reference, [r for r in ref_rows if r in mine])
         mean, std = calibration_stats(dist.sum_array(sums))
-        quality = (evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
-                   if config.report_dir else None)
+        quality = (
+            evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
+            if config.report_dir
+            else None
+        )
     manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
-    manifest["calibration"] = {"reference": ref_name, "unit": "token",
-                               "tokens_per_text": TOKEN_SAMPLE,
-                               "mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
+    manifest["calibration"] = {
+        "reference": ref_name,
+        "unit": "token",
+        "tokens_per_text": TOKEN_SAMPLE,
+        "mean": mean.round(6).tolist(),
+        "std": std.round(6).tolist(),
+    }
     if config.neutral_share:
-        manifest["denoise"] = {"neutral_share": config.neutral_share,
-                               "components_per_layer": components}
+        manifest["denoise"] = {
+            "neutral_share": config.neutral_share,
+            "components_per_layer": components,
+        }
     vec_path, man_path = config.output, config.manifest_path
     if dist.is_main:
         per_layer = {layer: vectors[i] for i, layer in enumerate(layers)}
@@ -389,12 +455,12 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
         if quality is not None and config.report_dir is not None:
             from amygdala.report import write_report
 
-            write_report(replace(quality, info=quality_info(manifest, vec_path)),
-                         config.report_dir)
+            write_report(replace(quality, info=quality_info(manifest, vec_path)), config.report_dir)
     dist.barrier()
     cached = int(dist.sum_array(np.array([len(mine) - cstats.texts]))[0])
-    return TrainResult(vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems,
-                       cached)
+    return TrainResult(
+        vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems, cached
+    )
 
 
 def fit_vectors(config: TrainConfig, corpus: Corpus, stats: ConceptStats) -> torch.Tensor:
@@ -403,13 +469,16 @@ def fit_vectors(config: TrainConfig, corpus: Corpus, stats: ConceptStats) -> tor
     bad = ~torch.isfinite(vectors).all(dim=-1) | (vectors.norm(dim=-1) == 0)
     if bool(bad.any()):
         names = sorted({corpus.concepts[c] for _, c in bad.nonzero().tolist()})
-        raise CaptureError(f"method {config.method} gave no direction for {names} (positives "
-                           "and negatives have the same mean?)")
+        raise CaptureError(
+            f"method {config.method} gave no direction for {names} (positives "
+            "and negatives have the same mean?)"
+        )
     return vectors
 
 
-def calibration_reference(corpus: Corpus, n_neutral: int, train_rows: list[int]
-                          ) -> tuple[np.ndarray, list[int], str]:
+def calibration_reference(
+    corpus: Corpus, n_neutral: int, train_rows: list[int]
+) -> tuple[np.ndarray, list[int], str]:
     """Which texts calibrate which concept: the neutral texts when given, else its negatives.
 
     Returns the `[n_texts, n_concepts]` mask over corpus texts followed by neutral texts,
@@ -430,20 +499,28 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
     out = file or sys.stderr
     m, c = result.manifest, result.capture
     rate = c.texts / c.seconds if c.seconds else 0.0
-    print(f"trained {len(m['concepts'])} concepts x {len(m['layers'])} layers {m['layers']} "
-          f"({m['method']}, {m['pooling']} pooling) on {m['model']}", file=out)
-    print(f"captured {c.texts} texts / {c.tokens} tokens in {c.seconds:.1f}s "
-          f"({rate:.1f} texts/s), {result.cached_texts} found in the activation cache; "
-          f"truncated to --max-length: {c.truncated}", file=out)
+    print(
+        f"trained {len(m['concepts'])} concepts x {len(m['layers'])} layers {m['layers']} "
+        f"({m['method']}, {m['pooling']} pooling) on {m['model']}",
+        file=out,
+    )
+    print(
+        f"captured {c.texts} texts / {c.tokens} tokens in {c.seconds:.1f}s "
+        f"({rate:.1f} texts/s), {result.cached_texts} found in the activation cache; "
+        f"truncated to --max-length: {c.truncated}",
+        file=out,
+    )
     for concept in m["concepts"]:
         n = m["counts"][concept]
         print(f"  {concept:<24} {n['positive']:>6} positive {n['negative']:>7} negative", file=out)
     for concept, reason in result.skipped_concepts.items():
         print(f"  skipped {concept}: {reason}", file=out)
     if result.nonfinite_texts:
-        print(f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
-              "overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens)",
-              file=out)
+        print(
+            f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
+            "overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens)",
+            file=out,
+        )
     if result.corpus_problems:
         print(f"skipped {len(result.corpus_problems)} unusable training rows, e.g.:", file=out)
         for line in result.corpus_problems[:5]:

@@ -31,76 +31,144 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
     from amygdala.layers import DEFAULT_LAYERS
 
     g = parser.add_argument_group("trainer")
-    g.add_argument("--model", required=require_data, default=None if require_data else "minilm",
-                   help="Hugging Face id or local model directory; `minilm` is the packaged "
-                   "all-MiniLM-L6-v2" + ("" if require_data else " (the default)"))
+    g.add_argument(
+        "--model",
+        required=require_data,
+        default=None if require_data else "minilm",
+        help="Hugging Face id or local model directory; `minilm` is the packaged "
+        "all-MiniLM-L6-v2" + ("" if require_data else " (the default)"),
+    )
     if require_data:
-        g.add_argument("--training-data-dir", required=True, type=Path,
-                       help="a training-data directory (<emotion>.jsonl) or a stories corpus "
-                       "(stories/, paired/, direct/, _*.txt)")
-    g.add_argument("--target-layers", default=DEFAULT_LAYERS,
-                   help="blocks to read, comma-separated: absolute 0-based (3,18,33,36), "
-                   f"negative (-1), fractions of depth (0.5) or `all`; default {DEFAULT_LAYERS}")
-    g.add_argument("--output", type=Path, required=require_data,
-                   default=None if require_data else Path("amygdala-out/readout.safetensors"),
-                   help="path of readout.safetensors")
-    g.add_argument("--manifest", type=Path, default=None,
-                   help="path of the manifest; by default the output path with .json")
+        g.add_argument(
+            "--training-data-dir",
+            required=True,
+            type=Path,
+            help="a training-data directory (<emotion>.jsonl) or a stories corpus "
+            "(stories/, paired/, direct/, _*.txt)",
+        )
+    g.add_argument(
+        "--target-layers",
+        default=DEFAULT_LAYERS,
+        help="blocks to read, comma-separated: absolute 0-based (3,18,33,36), "
+        f"negative (-1), fractions of depth (0.5) or `all`; default {DEFAULT_LAYERS}",
+    )
+    g.add_argument(
+        "--output",
+        type=Path,
+        required=require_data,
+        default=None if require_data else Path("amygdala-out/readout.safetensors"),
+        help="path of readout.safetensors",
+    )
+    g.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="path of the manifest; by default the output path with .json",
+    )
     add_dtype_option(g)
-    g.add_argument("--vectors-dtype", default="float16",
-                   choices=["float16", "bfloat16", "float32"],
-                   help="storage dtype of the vectors; default float16")
+    g.add_argument(
+        "--vectors-dtype",
+        default="float16",
+        choices=["float16", "bfloat16", "float32"],
+        help="storage dtype of the vectors; default float16",
+    )
     g.add_argument("--batch-size", type=int, default=16, help="texts per forward pass; default 16")
-    g.add_argument("--pooling", default="mean", choices=["mean", "last"],
-                   help="mean over real tokens (no padding, no special tokens), or the last "
-                   "real non-special token; default mean")
-    g.add_argument("--pool-start", type=int, default=0,
-                   help="mean pooling skips this many leading real tokens; default 0")
-    g.add_argument("--method", default="whitened",
-                   help="fitting method: whitened (difference of means whitened by the shrunk "
-                   "pooled within-concept covariance; best on GoEmotions, see README "
-                   "'Methods'), mean_diff (CAA difference of means), one_vs_mean (concept "
-                   "mean minus the mean of all concept means), whitened_lw (Ledoit-Wolf "
-                   "covariance of all texts), pca (first principal component of matched "
-                   "differences; extra passes), probe (logistic regression; holds all rows in "
-                   "memory); default whitened")
+    g.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "last"],
+        help="mean over real tokens (no padding, no special tokens), or the last "
+        "real non-special token; default mean",
+    )
+    g.add_argument(
+        "--pool-start",
+        type=int,
+        default=0,
+        help="mean pooling skips this many leading real tokens; default 0",
+    )
+    g.add_argument(
+        "--method",
+        default="whitened",
+        help="fitting method: whitened (difference of means whitened by the shrunk "
+        "pooled within-concept covariance; best on GoEmotions, see README "
+        "'Methods'), mean_diff (CAA difference of means), one_vs_mean (concept "
+        "mean minus the mean of all concept means), whitened_lw (Ledoit-Wolf "
+        "covariance of all texts), pca (first principal component of matched "
+        "differences; extra passes), probe (logistic regression; holds all rows in "
+        "memory); default whitened",
+    )
     add_device_option(g)
-    g.add_argument("--max-length", type=int, default=512,
-                   help="tokens per text; longer texts are truncated and counted; default 512")
-    g.add_argument("--min-examples", type=int, default=8,
-                   help="leave out (and report) concepts with fewer train positives or "
-                   "negatives; default 8")
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="tokens per text; longer texts are truncated and counted; default 512",
+    )
+    g.add_argument(
+        "--min-examples",
+        type=int,
+        default=8,
+        help="leave out (and report) concepts with fewer train positives or negatives; default 8",
+    )
     g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
-    g.add_argument("--padding-side", default=None, choices=["left", "right"],
-                   help="padding side; by default the tokenizer's (results are the same)")
+    g.add_argument(
+        "--padding-side",
+        default=None,
+        choices=["left", "right"],
+        help="padding side; by default the tokenizer's (results are the same)",
+    )
     add_model_code_options(g)
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    g.add_argument("--cache-dir", type=Path, default=None,
-                   help="activation store (resume, reruns skip the model); by default "
-                   "$AMYGDALA_CACHE_DIR or ~/.cache/amygdala/activations")
-    g.add_argument("--no-cache", action="store_true",
-                   help="keep activations in a temporary store removed after the run")
-    g.add_argument("--device-map", default=None,
-                   help="`auto` places a model too large for one GPU across several "
-                   "(needs accelerate); by default the whole model goes to --device")
-    g.add_argument("--neutral", type=Path, default=None,
-                   help="neutral text (.txt, paragraphs separated by blank lines, or a folder "
-                   "of them): the calibration reference; by default each concept's negatives")
-    g.add_argument("--neutral-share", type=float, default=0.0,
-                   help="with --neutral: project the neutral text's top principal components "
-                   "explaining this share of its variance (e.g. 0.1) out of every vector; "
-                   "default 0 (off)")
-    g.add_argument("--report", type=Path, default=None, metavar="DIR",
-                   help="also write DIR/quality.json and DIR/report.html (held-out AUROC, "
-                   "cross-talk, coherence), as `amygdala report` does")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="activation store (resume, reruns skip the model); by default "
+        "$AMYGDALA_CACHE_DIR or ~/.cache/amygdala/activations",
+    )
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="keep activations in a temporary store removed after the run",
+    )
+    g.add_argument(
+        "--device-map",
+        default=None,
+        help="`auto` places a model too large for one GPU across several "
+        "(needs accelerate); by default the whole model goes to --device",
+    )
+    g.add_argument(
+        "--neutral",
+        type=Path,
+        default=None,
+        help="neutral text (.txt, paragraphs separated by blank lines, or a folder "
+        "of them): the calibration reference; by default each concept's negatives",
+    )
+    g.add_argument(
+        "--neutral-share",
+        type=float,
+        default=0.0,
+        help="with --neutral: project the neutral text's top principal components "
+        "explaining this share of its variance (e.g. 0.1) out of every vector; "
+        "default 0 (off)",
+    )
+    g.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/quality.json and DIR/report.html (held-out AUROC, "
+        "cross-talk, coherence), as `amygdala report` does",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser, require_data=True)
 
 
-def config_from_args(args: argparse.Namespace, training_data_dir: Path | None = None
-                     ) -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, training_data_dir: Path | None = None
+) -> TrainConfig:
     """A TrainConfig from parsed flags (`training_data_dir` overrides the flag)."""
     from amygdala.train import TrainConfig
 
@@ -140,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
         print_summary(result)
         if args.report:
-            print(f"wrote {args.report / 'quality.json'} and {args.report / 'report.html'}",
-                  file=sys.stderr)
+            print(
+                f"wrote {args.report / 'quality.json'} and {args.report / 'report.html'}",
+                file=sys.stderr,
+            )
     return 0
