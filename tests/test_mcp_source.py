@@ -15,6 +15,7 @@ import importlib.resources
 import json
 import random
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ def test_extract_through_mcp_gives_the_same_directory(
 
 
 def test_clean_graph_extracts_byte_identical_but_for_the_source(tmp_path: Path) -> None:
+    """Only `source` and how the MCP source read (`summary.graph.reader`) differ."""
     graph = write_jsonl(tmp_path / "clean.jsonl", make_records(60, seed=3))
     from_file, from_mcp = tmp_path / "file", tmp_path / "mcp"
     assert extract_cli("--graph", str(graph), "--output-dir", str(from_file), *ARGS) == 0
@@ -174,11 +176,35 @@ def test_clean_graph_extracts_byte_identical_but_for_the_source(tmp_path: Path) 
         url = running.base_url
         assert extract_cli("--memory-mcp-url", url, "--output-dir", str(from_mcp), *ARGS) == 0
     a, b = tree(from_file), tree(from_mcp)
-    source_line = f'"source": "mcp:{running.url}"'.encode()
-    b["manifest.json"] = b["manifest.json"].replace(
-        source_line, f'"source": "file:{graph}"'.encode()
-    )
+    manifest = json.loads(b["manifest.json"])
+    assert manifest["summary"]["graph"].pop("reader") == {
+        "transport": "streamable-http", "listing_format": "json", "listing_lines_skipped": 0,
+        "render_answers_text": 60, "render_answers_json": 0, "footer_rule": "default",
+        "footers_stripped": 0,
+    }  # fmt: skip
+    manifest["source"] = f"file:{graph}"
+    b["manifest.json"] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
     assert a == b
+
+
+def test_reference_server_over_stdio_extracts_the_same_directory(
+    graph: Path, tmp_path: Path
+) -> None:
+    from_file, from_stdio = tmp_path / "file", tmp_path / "stdio"
+    command = shlex.join(amygdala("memory-server", "--graph", str(graph), "--stdio"))
+    assert extract_cli("--graph", str(graph), "--output-dir", str(from_file), *ARGS) == 0
+    assert extract_cli("--memory-mcp-command", command, "--output-dir", str(from_stdio), *ARGS) == 0
+    a, b = tree(from_file), tree(from_stdio)
+    assert sorted(a) == sorted(b) and len(a) >= 3
+    assert all(a[name] == b[name] for name in a if name != "manifest.json")
+    manifest = json.loads(b["manifest.json"])
+    assert manifest["source"] == f"mcp:stdio:{command}"
+    assert manifest["summary"]["graph"]["reader"]["transport"] == "stdio"
+    assert read_stdio(command).nodes == FileSource(graph).read().nodes  # metadata too
+
+
+def read_stdio(command: str) -> Any:
+    return McpGraphSource(McpOptions(command=command, progress=False)).read()
 
 
 def test_bundled_sample_graph_extracts_identically(tmp_path: Path) -> None:
@@ -289,7 +315,8 @@ def test_unparsable_listing_names_the_tool_and_the_fix(
     err = expect_failure(capsys, tmp_path / "out", "--memory-mcp-url", server.base_url,
                          "--query-tool", "memory_render", "--query-arg", "key",
                          "--query", "journal#j-004")  # fmt: skip
-    assert "could not read the output of memory_render as a node listing (it is not JSON" in err
+    assert "could not read the output of memory_render as a node listing (neither JSON nor" in err
+    assert "lines of node keys: none of its 3 lines is a key" in err
     assert "it starts: " in err and "Entry 4 — at the" in err
     assert "point --query-tool at the tool that lists node keys" in err
 

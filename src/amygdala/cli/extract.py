@@ -20,6 +20,7 @@ negatives per emotion plus manifest.json.
 Usage:
   amygdala extract --graph graph.jsonl --output-dir training-data/
   amygdala extract --memory-mcp-url http://localhost:7777 --output-dir training-data/
+  amygdala extract --memory-mcp-command "my-memory-server --stdio" --output-dir training-data/
 
 Positive for E: score(E) >= --min-positive-score. Negative for E: a node that has tags,
 where E is absent or scores at most --max-negative-score, and whose text names E at most
@@ -27,8 +28,9 @@ where E is absent or scores at most --max-negative-score, and whose text names E
 complete or not at all; an existing training-data directory there is replaced.
 """
 
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--graph FILE` and the MCP source's flags (`--memory-mcp-url URL` …)."""
+    """`--graph FILE` and the MCP source's flags (`--memory-mcp-url`, `--memory-mcp-command` …)."""
     g = parser.add_argument_group("graph source (pass exactly one)")
     g.add_argument(
         "--graph",
@@ -160,20 +162,38 @@ def source_from_args(args: argparse.Namespace, default_graph: Path | None = None
     from amygdala.errors import ConfigError
     from amygdala.graph.filesource import FileSource
 
-    graph, url = args.graph, getattr(args, "memory_mcp_url", None)
-    if graph is not None and url:
-        raise ConfigError("pass either --graph FILE or --memory-mcp-url URL, not both")
-    if graph is not None:
-        return FileSource(graph)
-    if url:
+    given = [
+        flag
+        for flag, value in (
+            ("--graph FILE", args.graph),
+            ("--memory-mcp-url URL", getattr(args, "memory_mcp_url", None)),
+            ("--memory-mcp-command CMD", getattr(args, "memory_mcp_command", None)),
+        )
+        if value is not None and value != ""
+    ]
+    if len(given) > 1:
+        both = "not both" if len(given) == 2 else "not all three"
+        raise ConfigError(f"pass only one graph source: {' or '.join(given)}, {both}")
+    if args.graph is not None:
+        return FileSource(args.graph)
+    if given:
         from amygdala.graph.mcp_source import mcp_source_from_args
 
         return mcp_source_from_args(args)
     if default_graph is not None:
         return FileSource(default_graph)
     raise ConfigError(
-        "no graph: pass --graph FILE (a JSONL export) or --memory-mcp-url URL "
-        "(a memory MCP server such as `amygdala memory-server`)"
+        "no graph: pass --graph FILE (a JSONL export), --memory-mcp-url URL (a memory MCP "
+        "server over HTTP such as `amygdala memory-server`) or --memory-mcp-command CMD "
+        "(one that speaks stdio)"
+    )
+
+
+def has_source(args: argparse.Namespace) -> bool:
+    """Did the flags name a graph source (a file, a server URL or a server command)?"""
+    return any(
+        getattr(args, name, None) not in (None, "")
+        for name in ("graph", "memory_mcp_url", "memory_mcp_command")
     )
 
 

@@ -16,6 +16,7 @@ Usage:
   amygdala run                                   # the bundled sample graph, packaged MiniLM
   amygdala run --graph graph.jsonl --model Qwen/Qwen3-0.6B --output-dir out/
   amygdala run --memory-mcp-url http://localhost:7777 --output-dir out/
+  amygdala run --memory-mcp-command "my-memory-server --stdio" --output-dir out/
 
 By default it reads the sample memory graph shipped in the package, uses the packaged
 all-MiniLM-L6-v2 (no download), and writes into ./amygdala-out/: the training data in
@@ -57,14 +58,15 @@ def sample_graph() -> Iterator[Path]:
     if not resource.is_file():
         raise ConfigError(
             "the sample memory graph (amygdala/data/sample_graph.jsonl) is missing from this "
-            "install; reinstall amygdala, or pass --graph FILE or --memory-mcp-url URL"
+            "install; reinstall amygdala, or pass --graph FILE, --memory-mcp-url URL or "
+            "--memory-mcp-command CMD"
         )
     with importlib.resources.as_file(resource) as path:
         yield path
 
 
 def run(args: argparse.Namespace) -> int:
-    from amygdala.cli.extract import options_from_args, source_from_args
+    from amygdala.cli.extract import has_source, options_from_args, source_from_args
     from amygdala.cli.train import config_from_args
     from amygdala.graph.extract import extract
     from amygdala.graph.extract import print_summary as print_extract_summary
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     config = config_from_args(flags, training_data_dir=data_dir)
     check_output(config)  # fail before extracting when the vectors cannot be written
-    use_sample = args.graph is None and not getattr(args, "memory_mcp_url", None)
+    use_sample = not has_source(args)
     with sample_graph() if use_sample else contextlib.nullcontext(None) as default:
         source = source_from_args(args, default_graph=default)
         summary = extract(source, options, data_dir)

@@ -12,7 +12,8 @@ only on the graph's nodes and the options — rows sorted, keys in a fixed order
 timestamps — so a graph read from a file export and the same graph read over MCP give
 identical `<emotion>.jsonl` files. In `manifest.json` only `source` and
 `summary.graph` (records, deleted, superseded, problems: what the source itself
-reported) depend on where the graph came from.
+reported, and for an MCP source `reader`: transport, formats, footers stripped) depend
+on where the graph came from.
 
 Example:
     >>> from amygdala.graph.filesource import FileSource
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -58,6 +59,7 @@ class ExtractSummary:
     problems: tuple[str, ...]  # source records that could not be used, with location
     selection: SelectionSummary
     manifest: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)  # GraphRead.details: how it was read
 
 
 def check_output_dir(path: Path) -> None:
@@ -86,7 +88,7 @@ def check_output_dir(path: Path) -> None:
 
 def graph_summary(read: GraphRead) -> dict[str, Any]:
     """The source-dependent part of the manifest summary."""
-    return {
+    summary = {
         "records_seen": read.records_seen,
         "nodes": len(read.nodes),
         "deleted": read.deleted,
@@ -94,6 +96,9 @@ def graph_summary(read: GraphRead) -> dict[str, Any]:
         "malformed_records": len(read.problems),
         "problems": list(read.problems[:MAX_PROBLEMS_IN_MANIFEST]),
     }
+    if read.details:
+        summary["reader"] = dict(read.details)
+    return summary
 
 
 def build_manifest(read: GraphRead, selection: Selection) -> dict[str, Any]:
@@ -163,6 +168,7 @@ def extract(source: GraphSource, options: SelectionOptions, output_dir: Path) ->
         problems=tuple(read.problems),
         selection=selection.summary,
         manifest=manifest,
+        details=dict(read.details),
     )
 
 
@@ -176,6 +182,9 @@ def print_summary(summary: ExtractSummary, file: TextIO | None = None) -> None:
         f"{len(summary.problems)} malformed",
         file=out,
     )
+    if summary.details:
+        how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.details.items())
+        print(f"  read with {how}", file=out)
     for line in summary.problems[:5]:
         print(f"  {line}", file=out)
     if len(summary.problems) > 5:

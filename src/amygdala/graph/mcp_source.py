@@ -1,25 +1,33 @@
 """The memory-MCP-server graph source: list node keys with one tool, fetch each node with another.
 
-It talks to any memory server over streamable HTTP with the official `mcp` SDK client:
-`memory_query` (a pipeline query, `all` by default) lists the nodes, then
-`memory_render` fetches each node's raw content, a few at a time. Tool names, the
-argument names and the query are flags, since deployments differ.
+It talks to any memory server with the official `mcp` SDK client, over one of three
+transports (`amygdala.graph.mcp_transport`): streamable HTTP (`--memory-mcp-url`), the
+legacy SSE transport (a URL whose path ends in `/sse`), or stdio (`--memory-mcp-command
+"CMD ARGS…"`: the server is started as a subprocess). `memory_query` (a pipeline query,
+`all` by default) lists the nodes, then `memory_render` fetches each node, a few at a
+time. Tool names, the argument names and the query are flags, since deployments differ.
 
-Listing formats understood (one JSON text, or the tool's structured content): the
-reference server's `{"nodes": [{"key", "node_type", "timestamp", "weight",
-"provenance", …}]}`, a bare list of such objects, a list of key strings, or
-`{"keys": [...]}`. Metadata that comes with a key ends up in the node exactly as a file
-export's would (the same validation runs), so extracting from a graph file and from
-the reference server serving that file gives the same nodes in the same order, and so
-byte-identical training data.
+What the tools answer is read by `amygdala.graph.formats`: a JSON listing (the reference
+server's `{"nodes": [{"key", "node_type", …}]}`, a list of objects or key strings,
+`{"keys": [...]}` …) or a plain-text one (one key per line, optionally with a score);
+a render answer as text or as JSON `{"content": …}`, with a trailing links section
+(`Links:` / `→ key (0.83)` …) stripped so the tag lines above it count. Metadata that
+comes with a key ends up in the node exactly as a file export's would (the same
+validation runs), so extracting from a graph file and from a server serving that file
+gives the same training data.
 
-Failures are `GraphError`s that name the URL and the cause: nothing listening (start
-`amygdala memory-server`), the token rejected, a tool missing or returning an error,
-output that is not a listing, or a server that stops answering mid-way. Transient
-failures (connection dropped, timeouts, HTTP 5xx) are retried with exponential backoff
-on a fresh connection; nodes already fetched are kept. The bearer token is read from
-the environment variable `token_env` names when `read()` runs, sent only as an
-`Authorization` header, and masked in any server text an error quotes.
+Failures are `GraphError`s that name the server and the cause: nothing listening (start
+`amygdala memory-server`), a command that cannot be started, the token rejected, a tool
+missing or returning an error, output that is not a listing, stray text on a stdio
+server's stdout, or a server that stops answering mid-way. Transient failures
+(connection dropped, timeouts, HTTP 5xx, a stdio server that exited after it had
+answered) are retried with exponential backoff on a fresh connection (a stdio server is
+started again); nodes already fetched are kept. The bearer token is read from the
+environment variable `token_env` names when `read()` runs, sent only as an
+`Authorization` header over HTTP, and masked in any server text an error quotes. A stdio
+server gets no token: it is a child process that inherits this environment, so naming a
+token variable together with a command is a `ConfigError`, and a token in the default
+variable is ignored with a note.
 
 Example:
     >>> source = McpGraphSource(McpOptions(url="http://localhost:7777"))  # doctest: +SKIP
@@ -35,37 +43,66 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.filesource import parse_record
+from amygdala.graph.formats import (
+    FooterRule,
+    FormatError,
+    Listing,
+    Rendered,
+    listing_items,
+    parse_listing,
+    parse_render,
+)
+from amygdala.graph.mcp_transport import (
+    DEFAULT_PATH,
+    HttpTransport,
+    Retry,
+    StdioTransport,
+    Transport,
+    describe_exception,
+    display_command,
+    endpoint_url,
+    leaves,
+    quiet_sdk_logs,
+    split_command,
+)
 from amygdala.graph.nodes import GraphRead, Node
 
 if TYPE_CHECKING:
-    import httpx2
     from mcp.client.client import Client
     from mcp_types import CallToolResult
 
+__all__ = ["McpGraphSource", "McpOptions", "endpoint_url", "listing_items"]
+
 DEFAULT_TOKEN_ENV = "AMYGDALA_MEMORY_TOKEN"
-DEFAULT_PATH = "/mcp"
 _SNIPPET = 120  # characters of unparsable tool output quoted in an error
 
 
 @dataclass(frozen=True)
 class McpOptions:
-    """How to reach a memory MCP server and which tools to call."""
+    """How to reach a memory MCP server and which tools to call.
 
-    url: str  # base URL (`/mcp` is appended) or the full endpoint URL
+    Pass exactly one of `url` (streamable HTTP, or SSE when the path ends in `/sse`)
+    and `command` (stdio; a string is split like a shell would, a sequence is taken as
+    the argument list).
+    """
+
+    url: str | None = None  # base URL (`/mcp` is appended) or the full endpoint URL
+    command: str | Sequence[str] | None = None  # a server to start and speak stdio to
     query: str = "all"  # what the query tool is asked for
     query_tool: str = "memory_query"
     query_arg: str = "query"  # the query tool's argument name
     render_tool: str = "memory_render"
     render_arg: str = "key"  # the render tool's argument name
-    token_env: str = DEFAULT_TOKEN_ENV  # NAME of the env var holding the bearer token
+    token_env: str | None = None  # NAME of the env var holding the bearer token (HTTP only)
+    render_footer: str | None = None  # None: the default links-section rule; "": none
     concurrency: int = 8  # render calls in flight at once
     timeout: float = 30.0  # seconds per tool call (and per connection attempt)
     retries: int = 3  # retries of a transient failure without progress in between
@@ -73,6 +110,21 @@ class McpOptions:
     progress: bool = True  # progress bar on stderr
 
     def __post_init__(self) -> None:
+        if (self.url is None) == (self.command is None):
+            raise ConfigError(
+                "pass exactly one of --memory-mcp-url URL and --memory-mcp-command CMD"
+            )
+        if self.command is not None:
+            object.__setattr__(self, "command", split_command(self.command))
+            if self.token_env is not None:
+                raise ConfigError(
+                    f"--mcp-token-env {self.token_env} names a bearer token, which only HTTP "
+                    "carries; a stdio server (--memory-mcp-command) is a child process that "
+                    "inherits this environment: drop --mcp-token-env and pass what the server "
+                    "needs through its own arguments or environment"
+                )
+        else:
+            endpoint_url(str(self.url))  # validate early
         if self.concurrency < 1:
             raise ConfigError(f"--mcp-concurrency must be >= 1, got {self.concurrency}")
         if not self.timeout > 0:
@@ -84,59 +136,44 @@ class McpOptions:
         for flag, name in (("--query-tool", self.query_tool), ("--render-tool", self.render_tool)):
             if not name.strip():
                 raise ConfigError(f"{flag} must name a tool")
-        endpoint_url(self.url)  # validate early
+        try:
+            FooterRule(self.render_footer)
+        except re.error as exc:
+            raise ConfigError(
+                f"--render-footer {self.render_footer!r} is not a valid regular expression "
+                f"({exc}); pass a Python regex matching the footer's first line, e.g. '^Links:'"
+            ) from None
 
+    @property
+    def token_variable(self) -> str:
+        """The environment variable the bearer token is read from."""
+        return self.token_env or DEFAULT_TOKEN_ENV
 
-def endpoint_url(url: str) -> str:
-    """A base URL gets `/mcp` appended; a URL with a path is taken as the endpoint."""
-    text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(
-            f"--memory-mcp-url {url!r} is not an http(s) URL; pass e.g. http://localhost:7777"
-        )
-    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The stdio server's command line, split (empty for an HTTP source)."""
+        return tuple(self.command or ())
 
-
-def _display_url(url: str) -> str:
-    """The endpoint without userinfo or query string (either could hold a secret)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    @property
+    def footer_rule(self) -> FooterRule:
+        return FooterRule(self.render_footer)
 
 
 @dataclass
 class _Fetch:
     """What one read has learned so far; it survives reconnects."""
 
-    entries: list[dict[str, Any]] | None = None  # the listing, in order
-    problems: list[str] = field(default_factory=list)
-    contents: dict[str, str] = field(default_factory=dict)
-    contacted: bool = False  # a request got an answer at least once
-    http_errors: list[int] = field(default_factory=list)  # HTTP statuses >= 400 seen
+    listing: Listing | None = None
+    rendered: dict[str, Rendered] = field(default_factory=dict)
+    contacted: bool = False  # a connection completed its handshake at least once
+
+    @property
+    def entries(self) -> tuple[dict[str, Any], ...]:
+        return self.listing.entries if self.listing else ()
 
     @property
     def pending(self) -> list[str]:
-        return [e["key"] for e in self.entries or [] if e["key"] not in self.contents]
-
-
-class _Retry(Exception):
-    """A transient failure: reconnect and carry on after a backoff."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, or exc itself."""
-    inner = getattr(exc, "exceptions", None)
-    if isinstance(inner, (list, tuple)):
-        for sub in inner:
-            yield from _leaves(sub)
-    else:
-        yield exc
+        return [e["key"] for e in self.entries if e["key"] not in self.rendered]
 
 
 class McpGraphSource:
@@ -144,19 +181,36 @@ class McpGraphSource:
 
     def __init__(self, options: McpOptions) -> None:
         self.options = options
-        self.endpoint = endpoint_url(options.url)
-        self.display = _display_url(self.endpoint)
+        if options.command is not None:
+            self.display = f"stdio:{display_command(options.argv)}"
+        else:
+            self.display = HttpTransport(str(options.url), None, "").display
 
     def __repr__(self) -> str:
-        return f"McpGraphSource({self.display!r}, token_env={self.options.token_env!r})"
+        if self.options.command is not None:
+            return f"McpGraphSource({self.display!r})"
+        return f"McpGraphSource({self.display!r}, token_env={self.options.token_variable!r})"
 
     def describe(self) -> str:
         return f"mcp:{self.display}"
 
+    def _transport(self) -> Transport:
+        if self.options.command is not None:
+            return StdioTransport(self.options.argv)
+        env = self.options.token_variable
+        return HttpTransport(str(self.options.url), os.environ.get(env) or None, env)
+
     def read(self) -> GraphRead:
         """List and fetch every node; raises GraphError when the graph cannot be read."""
-        token = os.environ.get(self.options.token_env) or None
-        reader = _Reader(self, token)
+        env = self.options.token_variable
+        if self.options.command is not None and os.environ.get(env):
+            print(
+                f"note: ${env} is set but not sent: a stdio server gets no bearer token "
+                "(it is a child process and inherits this environment)",
+                file=sys.stderr,
+            )
+        quiet_sdk_logs()
+        reader = _Reader(self.options, self._transport())
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # the usual case: no event loop in this thread
@@ -169,10 +223,11 @@ class McpGraphSource:
 class _Reader:
     """One read: the retry loop around connection passes, and the error vocabulary."""
 
-    def __init__(self, source: McpGraphSource, token: str | None) -> None:
-        self.source = source
-        self.opt = source.options
-        self._token = token
+    def __init__(self, options: McpOptions, transport: Transport) -> None:
+        self.opt = options
+        self.transport = transport
+        self.display = transport.display
+        self.footer = options.footer_rule
         self.state = _Fetch()
 
     # -- the retry loop -------------------------------------------------------------
@@ -180,7 +235,7 @@ class _Reader:
     async def run(self) -> GraphRead:
         failures = 0
         while True:
-            before = (self.state.entries is not None, len(self.state.contents))
+            before = (self.state.listing is not None, len(self.state.rendered))
             try:
                 await self._pass()
                 return self._graph_read()
@@ -191,7 +246,7 @@ class _Reader:
                     retry = self._classify(exc)
                 except GraphError as fatal:
                     raise fatal from None
-            if (self.state.entries is not None, len(self.state.contents)) != before:
+            if (self.state.listing is not None, len(self.state.rendered)) != before:
                 failures = 0  # progress since the last failure: the budget starts again
             failures += 1
             if failures > self.opt.retries:
@@ -200,40 +255,19 @@ class _Reader:
 
     async def _pass(self) -> None:
         """One connection: list the nodes (once per read), then fetch what is missing."""
-        async with self._http() as http, self._client(http) as client:
+        async with self.transport.connect(self.opt.timeout) as client:
             self.state.contacted = True
-            if self.state.entries is None:
+            if self.state.listing is None:
                 await self._check_tools(client)
                 text = await self._call(
                     client, self.opt.query_tool, {self.opt.query_arg: self.opt.query}
                 )
-                self.state.entries = self._parse_listing(text)
+                self.state.listing = self._parse_listing(text)
                 self._announce()
             await self._fetch_all(client)
-
-    def _http(self) -> httpx2.AsyncClient:
-        """The HTTP client of one connection: token header, timeouts, status recorder."""
-        import httpx2
-
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        statuses = self.state.http_errors
-
-        async def record(response: httpx2.Response) -> None:
-            if response.status_code >= 400:  # the SDK hides the status; auth errors need it
-                statuses.append(response.status_code)
-
-        return httpx2.AsyncClient(
-            headers=headers,
-            timeout=httpx2.Timeout(self.opt.timeout, read=self.opt.timeout * 2),
-            event_hooks={"response": [record]},
-        )
-
-    def _client(self, http: httpx2.AsyncClient) -> Client:
-        from mcp.client.client import Client
-        from mcp.client.streamable_http import streamable_http_client
-
-        transport = streamable_http_client(self.source.endpoint, http_client=http)
-        return Client(transport, cache=None, read_timeout_seconds=self.opt.timeout)
+        verdict = self.transport.call_verdict()  # e.g. stray stdout seen after the last answer
+        if isinstance(verdict, GraphError):
+            raise verdict
 
     # -- calls ------------------------------------------------------------------------
 
@@ -249,14 +283,14 @@ class _Reader:
         ):
             if tools and name not in tools:
                 raise GraphError(
-                    f"{self.source.display} has no tool {name!r} (its tools: "
+                    f"{self.display} has no tool {name!r} (its tools: "
                     f"{', '.join(sorted(tools))}); pass {flag} with the right name"
                 )
 
     async def _call(self, client: Client, tool: str, arguments: dict[str, Any]) -> str:
-        """Call a tool; its text, or a GraphError/_Retry. Timeouts are retried in place."""
+        """Call a tool; its text, or a GraphError/Retry. Timeouts are retried in place."""
         from mcp.shared.exceptions import MCPError
-        from mcp_types import REQUEST_TIMEOUT
+        from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
         attempt = 0
         while True:
@@ -264,11 +298,11 @@ class _Reader:
                 result = await client.call_tool(tool, arguments)
             except MCPError as exc:
                 if exc.code != REQUEST_TIMEOUT:
-                    raise self._protocol_error(tool, arguments, exc) from None
+                    raise self._protocol_error(tool, arguments, exc, CONNECTION_CLOSED) from None
                 attempt += 1
                 if attempt > self.opt.retries:
                     raise GraphError(
-                        f"{self.source.display}: {tool} {self._what(arguments)} did not answer "
+                        f"{self.display}: {tool} {self._what(arguments)} did not answer "
                         f"within {self.opt.timeout:g} s ({attempt} tries); the server is "
                         "overloaded or stuck: raise --mcp-timeout or lower --mcp-concurrency"
                     ) from None
@@ -286,12 +320,11 @@ class _Reader:
         if result.is_error:
             message = self._mask(" ".join(" ".join(texts).split()) or "no message")
             raise GraphError(
-                f"{self.source.display}: tool {tool} returned an error {self._what(arguments)}: "
-                f"{message}"
+                f"{self.display}: tool {tool} returned an error {self._what(arguments)}: {message}"
             )
         if others and not texts and result.structured_content is None:
             raise GraphError(
-                f"{self.source.display}: tool {tool} returned {', '.join(others)} content, "
+                f"{self.display}: tool {tool} returned {', '.join(others)} content, "
                 f"not text {self._what(arguments)}"
             )
         if not texts and result.structured_content is not None:
@@ -308,10 +341,10 @@ class _Reader:
         from tqdm.auto import tqdm
 
         pending = iter(self.state.pending)
-        total = len(self.state.entries or [])
+        total = len(self.state.entries)
         with tqdm(
             total=total,
-            initial=len(self.state.contents),
+            initial=len(self.state.rendered),
             unit="node",
             desc="fetching nodes",
             file=sys.stderr,
@@ -320,10 +353,10 @@ class _Reader:
 
             async def worker() -> None:
                 for key in pending:  # shared iterator: each key is taken once
-                    content = await self._call(
+                    text = await self._call(
                         client, self.opt.render_tool, {self.opt.render_arg: key}
                     )
-                    self.state.contents[key] = content
+                    self.state.rendered[key] = parse_render(text, self.footer)
                     bar.update(1)
 
             async with anyio.create_task_group() as tg:
@@ -332,9 +365,9 @@ class _Reader:
 
     def _announce(self) -> None:
         if self.opt.progress:
-            n = len(self.state.entries or [])
+            n = len(self.state.entries)
             print(
-                f"{self.source.display}: {self.opt.query_tool} {self.opt.query!r} listed {n} "
+                f"{self.display}: {self.opt.query_tool} {self.opt.query!r} listed {n} "
                 "nodes; fetching their content",
                 file=sys.stderr,
                 flush=True,
@@ -342,50 +375,29 @@ class _Reader:
 
     # -- output -------------------------------------------------------------------------
 
-    def _parse_listing(self, text: str) -> list[dict[str, Any]]:
+    def _parse_listing(self, text: str) -> Listing:
         """The query tool's text → entries with a unique string `key` each."""
         try:
-            value = json.loads(text)
-        except ValueError:
-            raise self._unparsable(text, "it is not JSON") from None
-        items = listing_items(value)
-        if items is None:
-            raise self._unparsable(text, f"JSON {type(value).__name__} without a list of nodes")
-        entries: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for index, item in enumerate(items, start=1):
-            entry = {"key": item} if isinstance(item, str) else item
-            key = entry.get("key") if isinstance(entry, dict) else None
-            if not isinstance(key, str) or not key:
-                raise self._unparsable(text, f"entry {index} has no string 'key'")
-            if key in seen:
-                self.state.problems.append(
-                    f"listing entry {index}: key {key!r} listed again, fetched once"
-                )
-                continue
-            seen.add(key)
-            entries.append(entry)
-        return entries
-
-    def _unparsable(self, text: str, why: str) -> GraphError:
-        snippet = self._mask(" ".join(text.split()))[:_SNIPPET]
-        return GraphError(
-            f"{self.source.display}: could not read the output of {self.opt.query_tool} as a "
-            f"node listing ({why}; it starts: {snippet!r}); point --query-tool at the tool that "
-            "lists node keys as JSON, e.g. memory_query"
-        )
+            return parse_listing(text)
+        except FormatError as exc:
+            snippet = self._mask(" ".join(text.split()))[:_SNIPPET]
+            raise GraphError(
+                f"{self.display}: could not read the output of {self.opt.query_tool} as a "
+                f"node listing ({exc}; it starts: {snippet!r}); point --query-tool at the "
+                "tool that lists node keys (JSON, or one key per line), e.g. memory_query"
+            ) from None
 
     def _graph_read(self) -> GraphRead:
         """Entries + contents → nodes, validated exactly as a file export's records are."""
         nodes: list[Node] = []
         deleted = 0
-        problems = list(self.state.problems)
-        entries = self.state.entries or []
-        for index, entry in enumerate(entries, start=1):
+        listing = self.state.listing
+        problems = list(listing.problems) if listing else []
+        for index, entry in enumerate(self.state.entries, start=1):
             record = {k: v for k, v in entry.items() if k in _NODE_FIELDS}
             if "node_type" not in record and isinstance(entry.get("type"), str):
                 record["node_type"] = entry["type"]
-            record["content"] = self.state.contents[entry["key"]]
+            record["content"] = self.state.rendered[entry["key"]].content
             try:
                 parsed = parse_record(record, f"listing entry {index}")
             except ValueError as exc:
@@ -397,127 +409,87 @@ class _Reader:
                 nodes.append(parsed.node)
         return GraphRead(
             nodes=nodes,
-            source=self.source.describe(),
-            records_seen=len(entries),
+            source=self.transport.describe(),
+            records_seen=len(self.state.entries),
             deleted=deleted,
             problems=problems,
+            details=self._details(),
         )
+
+    def _details(self) -> dict[str, Any]:
+        """How the graph was read: transport, formats, footers stripped (for the summary)."""
+        listing = self.state.listing
+        rendered = self.state.rendered.values()
+        return {
+            "transport": self.transport.kind,
+            "listing_format": listing.format if listing else None,
+            "listing_lines_skipped": listing.skipped_lines if listing else 0,
+            "render_answers_text": sum(r.format == "text" for r in rendered),
+            "render_answers_json": sum(r.format == "json" for r in rendered),
+            "footer_rule": self.footer.describe(),
+            "footers_stripped": sum(r.footer_stripped for r in rendered),
+        }
 
     # -- errors ---------------------------------------------------------------------------
 
     def _mask(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        return self.transport.mask(text)
 
-    def _classify(self, exc: Exception) -> _Retry:
-        """A failure that escaped a connection: raise GraphError if fatal, else a _Retry."""
-        import httpx2
-        from mcp.shared.exceptions import MCPError
-
-        leaves = list(_leaves(exc))
-        for leaf in leaves:
+    def _classify(self, exc: Exception) -> Retry:
+        """A failure that escaped a connection: raise GraphError if fatal, else a Retry."""
+        failures = list(leaves(exc))
+        for leaf in failures:
             if isinstance(leaf, GraphError):
                 raise leaf
-        verdict = self._status_verdict()
+        verdict = self.transport.verdict(failures, self.state.contacted)
         if isinstance(verdict, GraphError):
             raise verdict
-        for leaf in leaves:
-            if isinstance(leaf, _Retry):
-                return leaf
-            if isinstance(leaf, httpx2.ConnectError) and not self.state.contacted:
-                raise self._not_running(leaf)
-            if isinstance(leaf, (httpx2.TransportError, MCPError, OSError, TimeoutError)):
-                return verdict or _Retry(self._describe(leaf))
+        for leaf in failures:
+            if isinstance(leaf, Retry):
+                return verdict or leaf
+            if self.transport.transient(leaf):
+                return verdict or Retry(describe_exception(leaf))
         raise exc
 
-    def _status_verdict(self) -> GraphError | _Retry | None:
-        """What the HTTP error statuses seen since the last look say (then forget them)."""
-        statuses, self.state.http_errors[:] = list(self.state.http_errors), []
-        auth = [s for s in statuses if s in (401, 403)]
-        if auth:
-            env = self.opt.token_env
-            hint = (
-                f"the token in ${env} was not accepted; set it to the server's token"
-                if self._token
-                else f"no token was sent; set ${env} to the server's token (or name another "
-                "variable with --mcp-token-env)"
-            )
-            return GraphError(
-                f"{self.source.display} rejected the request (HTTP {auth[0]}): {hint}"
-            )
-        if 404 in statuses and not self.state.contacted:
-            return GraphError(
-                f"{self.source.display}: HTTP 404, no MCP endpoint at this path; pass the "
-                f"server's base URL ({DEFAULT_PATH} is appended) or its full endpoint URL"
-            )
-        if 404 in statuses:
-            return _Retry("the server no longer knows this session (HTTP 404; did it restart?)")
-        server = [s for s in statuses if s >= 500]
-        if server:
-            return _Retry(f"HTTP {server[0]} from the server")
-        return None
-
-    def _protocol_error(self, tool: str, arguments: dict[str, Any], exc: Exception) -> Exception:
-        """An MCP error answering one call: auth, 404 and 5xx are connection matters."""
-        verdict = self._status_verdict()
+    def _protocol_error(
+        self, tool: str, arguments: dict[str, Any], exc: Exception, closed: int
+    ) -> Exception:
+        """An MCP error answering one call: the transport's verdict, a reconnect, or fatal."""
+        verdict = self.transport.call_verdict()
         if verdict is not None:
             return verdict
+        if getattr(exc, "code", None) == closed:
+            return Retry(describe_exception(exc))
         return GraphError(
-            f"{self.source.display}: {tool} {self._what(arguments)} failed: "
-            f"{self._mask(self._describe(exc))}"
-        )
-
-    def _not_running(self, leaf: BaseException) -> GraphError:
-        return GraphError(
-            f"cannot connect to the memory MCP server at {self.source.display} "
-            f"({self._describe(leaf)}): is it running? Start one with `amygdala memory-server "
-            "--graph FILE --port 7777`, or check --memory-mcp-url"
+            f"{self.display}: {tool} {self._what(arguments)} failed: "
+            f"{self._mask(describe_exception(exc))}"
         )
 
     def _gave_up(self, cause: str) -> GraphError:
-        listed = self.state.entries
+        listed = self.state.listing
         if listed is None:
             where = "before it listed the nodes"
         else:
-            where = f"during extraction ({len(self.state.contents)} of {len(listed)} nodes fetched)"
+            where = (
+                f"during extraction ({len(self.state.rendered)} of {len(listed.entries)} "
+                "nodes fetched)"
+            )
+        server = "" if self.transport.kind == "stdio" else "at "
         return GraphError(
-            f"the memory MCP server at {self.source.display} stopped answering {where}: "
-            f"{cause}, still failing after {self.opt.retries} retries; is it still running? "
-            "Nothing was written"
+            f"the memory MCP server {server}{self.display} stopped answering {where}: "
+            f"{cause}, still failing after {self.opt.retries} retries; "
+            f"{self.transport.gone()} Nothing was written"
         )
-
-    @staticmethod
-    def _describe(exc: BaseException) -> str:
-        import httpx2
-
-        if isinstance(exc, httpx2.ConnectError):
-            return "connection refused"
-        if isinstance(exc, httpx2.RemoteProtocolError):
-            return "the server closed the connection without answering"
-        text = str(exc).strip()
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _NODE_FIELDS = frozenset({"key", "node_type", "timestamp", "weight", "provenance", "deleted"})
-_LIST_FIELDS = ("nodes", "keys", "results", "items", "result")
-
-
-def listing_items(value: object) -> list[Any] | None:
-    """The list of entries in a listing: the value itself or one well-known field of it."""
-    if isinstance(value, list):
-        return value
-    if isinstance(value, dict):
-        for name in _LIST_FIELDS:
-            inner = value.get(name)
-            if isinstance(inner, list):
-                return inner
-    return None
 
 
 # -- command line ---------------------------------------------------------------------------
 
 
 def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--memory-mcp-url` and the flags that tune how the MCP source talks to the server."""
+    """`--memory-mcp-url` / `--memory-mcp-command` and the flags that tune the MCP source."""
     d = McpOptions(url="http://localhost:7777")
     g = parser.add_argument_group("memory MCP server")
     g.add_argument(
@@ -525,7 +497,17 @@ def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="a memory MCP server over streamable HTTP: its base URL (http://localhost:7777, "
-        f"{DEFAULT_PATH} is appended) or its full endpoint URL",
+        f"{DEFAULT_PATH} is appended) or its full endpoint URL; a URL whose path ends in "
+        "/sse uses the legacy SSE transport",
+    )
+    g.add_argument(
+        "--memory-mcp-command",
+        default=None,
+        metavar="CMD",
+        help="start a memory MCP server as a subprocess and speak MCP over its stdin/stdout, "
+        "e.g. 'amygdala memory-server --graph graph.jsonl --stdio'; split into arguments "
+        "like a shell would (quotes work), never run through a shell; it inherits this "
+        "environment, and its stderr is shown when it fails",
     )
     g.add_argument(
         "--query",
@@ -538,7 +520,7 @@ def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
         "--query-tool",
         default=d.query_tool,
         metavar="NAME",
-        help=f"tool that lists node keys; default {d.query_tool}",
+        help=f"tool that lists node keys (JSON, or one key per line); default {d.query_tool}",
     )
     g.add_argument(
         "--query-arg",
@@ -559,11 +541,22 @@ def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the render tool's argument name; default {d.render_arg}",
     )
     g.add_argument(
+        "--render-footer",
+        default=None,
+        metavar="REGEX",
+        help="where a render answer's trailing links section starts: the answer is cut at "
+        "the last match of this regex (^ and $ match at each line), e.g. '^-- links --$'; "
+        "'' strips nothing. By default a final block that starts with a header such as "
+        "'Links:', '## Links' or 'Neighbors:', or that holds only link lines ('→ key "
+        "(0.83)', '- key 0.83', '[[key]]'), is stripped",
+    )
+    g.add_argument(
         "--mcp-token-env",
-        default=d.token_env,
+        default=None,
         metavar="NAME",
-        help="environment variable holding the server's bearer token (sent only "
-        f"when set, never printed); default {d.token_env}",
+        help="environment variable holding an HTTP server's bearer token (sent only "
+        f"when set, never printed); default {DEFAULT_TOKEN_ENV}. Not used with "
+        "--memory-mcp-command: a stdio server takes no token",
     )
     g.add_argument(
         "--mcp-concurrency",
@@ -584,8 +577,8 @@ def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.retries,
         metavar="N",
-        help="retries of a dropped connection, timeout or HTTP 5xx, with "
-        f"exponential backoff; default {d.retries}",
+        help="retries of a dropped connection, timeout, HTTP 5xx or exited stdio server "
+        f"(started again), with exponential backoff; default {d.retries}",
     )
     g.add_argument(
         "--mcp-backoff",
@@ -607,12 +600,14 @@ def mcp_source_from_args(args: argparse.Namespace) -> McpGraphSource:
     """The MCP source the flags of `add_mcp_arguments` describe."""
     options = McpOptions(
         url=args.memory_mcp_url,
+        command=args.memory_mcp_command,
         query=args.mcp_query,
         query_tool=args.query_tool,
         query_arg=args.query_arg,
         render_tool=args.render_tool,
         render_arg=args.render_arg,
         token_env=args.mcp_token_env,
+        render_footer=args.render_footer,
         concurrency=args.mcp_concurrency,
         timeout=args.mcp_timeout,
         retries=args.mcp_retries,

@@ -8,7 +8,7 @@ on that: both give byte-identical training-data directories).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class GraphRead:
     """What a source returns: live nodes (deleted and superseded removed) plus counts.
 
     `problems` holds one human-readable line per record that could not be used (e.g.
-    `line 17: not valid JSON`), so the summary can report them by location.
+    `line 17: not valid JSON`), so the summary can report them by location. `details`
+    says how a source read the graph, where that can differ (an MCP source: transport,
+    listing and render formats, link footers stripped); flat JSON values, printed in the
+    summary and stored in the manifest.
     """
 
     nodes: list[Node]
@@ -48,6 +51,7 @@ class GraphRead:
     deleted: int = 0
     superseded: int = 0
     problems: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class GraphSource(Protocol):
