@@ -184,3 +184,46 @@ def test_explicit_manifest_path(tmp_path: Path) -> None:
     assert load_artifact(tmp_path / "v.safetensors", tmp_path / "meta" / "m.json").layers == [1, 3]
     shutil.rmtree(tmp_path / "meta")
     assert load_artifact(tmp_path / "v.safetensors").layers == [1, 3]
+
+
+COMBINED = {
+    "weights": [[1.0, 2.0], [0.5, -0.25]],
+    "mean": [0.1, -0.2],
+    "std": [1.5, 2.0],
+    "unit": "token",
+}
+BAD_COMBINED = {
+    "shape": (
+        {"weights": [[1.0, 2.0]]},
+        "combined weights is (1, 2), expected (n_layers, n_concepts) (2, 2)",
+    ),
+    "nan": ({"mean": [float("nan"), 0.0]}, "combined mean holds NaN/Inf"),
+    "std": ({"std": [1.0, 0.0]}, "combined std must be > 0 (not for ['fear'])"),
+    "missing": ({"std": None}, "manifest 'combined' lacks 'std'"),
+    "text": ({"mean": ["a", "b"]}, "combined mean must be numbers"),
+}
+
+
+def test_combined_round_trip(tmp_path: Path) -> None:
+    vectors, manifest = golden_content()
+    path = tmp_path / "readout.safetensors"
+    save_artifact(vectors, {**manifest, "combined": COMBINED}, path)
+    art = load_artifact(path)
+    assert art.manifest["combined"] == COMBINED
+    assert validate_artifact(path) == []
+
+
+@pytest.mark.parametrize("how", list(BAD_COMBINED))
+def test_validate_catches_a_bad_combined_entry(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pair(tmp_path)
+    man = path.with_suffix(".json")
+    edit, message = BAD_COMBINED[how]
+    entry = {k: v for k, v in {**COMBINED, **edit}.items() if v is not None}
+    man.write_text(json.dumps({**json.loads(man.read_text()), "combined": entry}))
+    assert any(message in p for p in validate_artifact(path)), validate_artifact(path)
+    with pytest.raises(ArtifactError, match="delete 'combined'"):
+        load_artifact(path)
+    assert main(["validate", str(path)]) == 1
+    assert message in capsys.readouterr().out

@@ -241,6 +241,11 @@ def test_torchrun_two_processes_match_one(
     np.testing.assert_allclose(
         a.manifest["calibration"]["std"], b.manifest["calibration"]["std"], atol=1e-4
     )
+    # the combined score: out-of-fold projections gathered from both ranks
+    ca, cb = a.manifest["combined"], b.manifest["combined"]
+    assert ca["fit"] == cb["fit"]
+    for key in ("weights", "mean", "std"):
+        np.testing.assert_allclose(ca[key], cb[key], rtol=2e-3, atol=1e-4)
     # the ranks split the texts: together they captured every text exactly once
     assert stored_hashes(tmp_path / "c2") == stored_hashes(tmp_path / "c1")
     assert len(stored_hashes(tmp_path / "c2")) == 40

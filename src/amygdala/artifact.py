@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,6 +132,48 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
         problems.append(f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}")
     for layer in sorted(set(vectors) & set(layers)):
         problems.extend(_check_layer(layer, vectors[layer], len(concepts), hidden, dtype))
+    problems.extend(check_combined(manifest))
+    return problems
+
+
+def check_combined(manifest: Mapping[str, Any]) -> list[str]:
+    """Problems with the optional `combined` entry (empty when absent or valid): weights
+    `[n_layers][n_concepts]`, mean and std `[n_concepts]`, all finite, std > 0."""
+    if "combined" not in manifest:
+        return []
+    entry = manifest["combined"]
+    fix = "; retrain, or delete 'combined' from the manifest to read layers only"
+    if not isinstance(entry, Mapping):
+        return [f"manifest 'combined' must be an object{fix}"]
+    layers, concepts = manifest.get("layers"), manifest.get("concepts")
+    n_layers = len(layers) if isinstance(layers, list) else 0
+    n_concepts = len(concepts) if isinstance(concepts, list) else 0
+    problems = []
+    for key, shape in (
+        ("weights", (n_layers, n_concepts)),
+        ("mean", (n_concepts,)),
+        ("std", (n_concepts,)),
+    ):
+        if key not in entry:
+            problems.append(f"manifest 'combined' lacks {key!r}{fix}")
+            continue
+        try:
+            values = np.asarray(entry[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            problems.append(f"manifest combined {key} must be numbers{fix}")
+            continue
+        if values.shape != shape:
+            names = "(n_layers, n_concepts)" if key == "weights" else "(n_concepts,)"
+            problems.append(
+                f"manifest combined {key} is {values.shape}, expected {names} {shape}{fix}"
+            )
+        elif not np.isfinite(values).all():
+            problems.append(f"manifest combined {key} holds NaN/Inf{fix}")
+        elif key == "std" and not (values > 0).all():
+            bad = [concepts[i] for i in np.flatnonzero(values <= 0)] if concepts else []
+            problems.append(f"manifest combined std must be > 0 (not for {bad}){fix}")
+    if entry.get("unit", "token") != "token":
+        problems.append(f"manifest combined unit {entry.get('unit')!r}: only 'token' is known")
     return problems
 
 

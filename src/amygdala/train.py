@@ -8,6 +8,7 @@ reuse them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,10 +22,18 @@ import torch
 from amygdala import __version__
 from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
 from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
+from amygdala.combine import (
+    FOLDS,
+    combined_calibration,
+    fit_combination,
+    fold_ids,
+    manifest_entry,
+    significant,
+)
 from amygdala.corpus import NEGATIVE, Corpus, load_corpus, read_paragraphs
 from amygdala.distributed import init_distributed
 from amygdala.errors import CaptureError, ConfigError, CorpusError
-from amygdala.evaluate import evaluate, quality_info
+from amygdala.evaluate import evaluate, project, quality_info
 from amygdala.fit import (
     DEFAULT_METHOD,
     ConceptStats,
@@ -70,6 +79,8 @@ class TrainConfig:
     neutral_share: float = 0.0  # > 0: project out the neutral text's top principal
     #                             components explaining this share of its variance
     report_dir: Path | None = None  # also write quality.json + report.html here
+    combined: bool = True  # also fit the combined score over all layers (amygdala.combine);
+    #                        off with --no-combined (refits the method once per fold)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -114,6 +125,7 @@ class TrainResult:
     nonfinite_texts: int = 0
     corpus_problems: tuple[str, ...] = ()  # training rows skipped, with where and why
     cached_texts: int = 0  # texts whose activations came from the activation store
+    combined_note: str = ""  # why the manifest has no combined score, when it has none
 
 
 def select_concepts(corpus: Corpus, min_examples: int) -> tuple[Corpus, dict[str, str]]:
@@ -257,49 +269,86 @@ def accumulate(
     return stats
 
 
-def denoise(
-    vectors: torch.Tensor, acts: Activations, rows: Sequence[int], share: float, dist: Any
-) -> tuple[torch.Tensor, list[int]]:
-    """Project the neutral texts' top principal components (`share` of their variance) out
-    of every vector; returns the vectors and the number of components per layer."""
-    n_layers, _, hidden = vectors.shape
+def denoise_basis(
+    acts: Activations, rows: Sequence[int], share: float, n_layers: int, hidden: int, dist: Any
+) -> list[torch.Tensor]:
+    """Per layer, the neutral texts' top principal components (`share` of their variance),
+    to be projected out of every vector (`project_out`)."""
     moments = Moments.zeros(n_layers, hidden)
     for _, batch in acts.iter(rows):
         moments.update(batch)
     for tensor in moments.tensors():
         dist.sum_(tensor)
-    basis = neutral_basis(moments, share)
-    return project_out(vectors, basis), [b.shape[1] for b in basis]
+    return neutral_basis(moments, share)
 
 
-def calibration_sums(
+@dataclass
+class TokenMoments:
+    """Sums over the reference texts' sampled single tokens (they add across processes).
+
+    `layer` `[3, n_layers, n_concepts]`: count, Σ raw and Σ raw² of each layer's projection
+    (tokens valid at that layer), for the per-layer calibration (`calibration_stats`);
+    `joint_count` `[C]`, `joint_sum` `[C, L]` and `joint_outer` `[C, L, L]`: the same over
+    tokens valid at every layer, with cross products, so that the calibration of any
+    weighted sum of layers (the combined score) follows without another pass.
+    """
+
+    layer: np.ndarray
+    joint_count: np.ndarray
+    joint_sum: np.ndarray
+    joint_outer: np.ndarray
+
+    @classmethod
+    def zeros(cls, n_layers: int, n_concepts: int) -> TokenMoments:
+        return cls(
+            np.zeros((3, n_layers, n_concepts)),
+            np.zeros(n_concepts),
+            np.zeros((n_concepts, n_layers)),
+            np.zeros((n_concepts, n_layers, n_layers)),
+        )
+
+    def summed(self, dist: Any) -> TokenMoments:
+        """The sums over every process (itself without torchrun)."""
+        parts = (self.layer, self.joint_count, self.joint_sum, self.joint_outer)
+        flat = dist.sum_array(np.concatenate([p.ravel() for p in parts]))
+        out, start = [], 0
+        for p in parts:
+            out.append(np.asarray(flat[start : start + p.size]).reshape(p.shape))
+            start += p.size
+        return TokenMoments(*out)
+
+
+def token_moments(
     acts: Activations, vectors: torch.Tensor, reference: np.ndarray, rows: Sequence[int]
-) -> np.ndarray:
-    """Pass 2: count, sum and sum of squares of each concept's per-token projection
-    over its reference texts' sampled tokens.
+) -> TokenMoments:
+    """Pass 2: the sums of each concept's per-token projections over its reference texts'
+    sampled tokens (`TokenMoments`).
 
     Runtimes show a z-score for every token, so the statistics are those of single
     tokens (`TOKEN_SAMPLE` per text, evenly spread over its real tokens), not of
     per-text means, which spread much less. `reference[i, c]` says whether text i is
     reference text for concept c (its negatives, or the neutral texts for all).
-    Returns `[3, n_layers, n_concepts]` float64 sums, which add across processes;
-    `calibration_stats` turns them into mean and std.
     """
     n_layers, n_concepts, _ = vectors.shape
-    sums = np.zeros((3, n_layers, n_concepts))
+    sums = TokenMoments.zeros(n_layers, n_concepts)
     for index, tokens in acts.iter_tokens(rows):
         raw = torch.einsum("blkh,lch->blkc", tokens, vectors).double()
         valid = torch.isfinite(raw)
         proj = torch.where(valid, raw, 0.0).numpy()  # [B, L, k, C]
-        mask = reference[index].astype(np.float64)[:, None, None, :] * valid.numpy()
-        sums[0] += mask.sum(axis=(0, 2))
-        sums[1] += (proj * mask).sum(axis=(0, 2))
-        sums[2] += (proj * proj * mask).sum(axis=(0, 2))
+        ref = reference[index].astype(np.float64)
+        mask = ref[:, None, None, :] * valid.numpy()
+        sums.layer[0] += mask.sum(axis=(0, 2))
+        sums.layer[1] += (proj * mask).sum(axis=(0, 2))
+        sums.layer[2] += (proj * proj * mask).sum(axis=(0, 2))
+        joint = ref[:, None, :] * valid.numpy().all(axis=1)  # [B, k, C]
+        sums.joint_count += joint.sum(axis=(0, 1))
+        sums.joint_sum += np.einsum("bkc,blkc->cl", joint, proj)
+        sums.joint_outer += np.einsum("bkc,blkc,bmkc->clm", joint, proj, proj)
     return sums
 
 
 def calibration_stats(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`(mean, std)` `[n_layers, n_concepts]` from `calibration_sums` (std with ddof=1)."""
+    """`(mean, std)` `[n_layers, n_concepts]` from `TokenMoments.layer` (std with ddof=1)."""
     n = np.maximum(sums[0], 1)
     mean = sums[1] / n
     var = np.maximum(sums[2] / n - mean**2, 0.0) * (n / np.maximum(n - 1, 1))
@@ -422,14 +471,24 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
                 "bf16 or fp32"
             )
         vectors = fit_vectors(config, corpus, stats)
-        components: list[int] = []
+        basis: list[torch.Tensor] = []
         if config.neutral_share:
             neutral_rows = [r for r in range(len(corpus.texts), len(texts)) if r in mine]
-            vectors, components = denoise(vectors, acts, neutral_rows, config.neutral_share, dist)
+            basis = denoise_basis(
+                acts, neutral_rows, config.neutral_share, len(layers), lm.hidden_size, dist
+            )
+            vectors = project_out(vectors, basis)
         stored = vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
         reference, ref_rows, ref_name = calibration_reference(corpus, len(neutral), train_rows)
-        sums = calibration_sums(acts, stored, reference, [r for r in ref_rows if r in mine])
-        mean, std = calibration_stats(dist.sum_array(sums))
+        moments = token_moments(acts, stored, reference, [r for r in ref_rows if r in mine]).summed(
+            dist
+        )
+        mean, std = calibration_stats(moments.layer)
+        combined, combined_note = None, "--no-combined"
+        if config.combined:
+            combined, combined_note = fit_combined(
+                Refit(config, corpus, acts, stats, basis, dist), train_rows, mine, std, moments
+            )
         quality = (
             evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
             if config.report_dir
@@ -443,10 +502,12 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
         "mean": mean.round(6).tolist(),
         "std": std.round(6).tolist(),
     }
+    if combined is not None:
+        manifest["combined"] = combined
     if config.neutral_share:
         manifest["denoise"] = {
             "neutral_share": config.neutral_share,
-            "components_per_layer": components,
+            "components_per_layer": [b.shape[1] for b in basis],
         }
     vec_path, man_path = config.output, config.manifest_path
     if dist.is_main:
@@ -459,7 +520,15 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
     dist.barrier()
     cached = int(dist.sum_array(np.array([len(mine) - cstats.texts]))[0])
     return TrainResult(
-        vec_path, man_path, manifest, cstats, skipped, nonfinite, corpus.problems, cached
+        vec_path,
+        man_path,
+        manifest,
+        cstats,
+        skipped,
+        nonfinite,
+        corpus.problems,
+        cached,
+        "" if combined is not None else combined_note,
     )
 
 
@@ -474,6 +543,92 @@ def fit_vectors(config: TrainConfig, corpus: Corpus, stats: ConceptStats) -> tor
             "and negatives have the same mean?)"
         )
     return vectors
+
+
+@dataclass
+class Refit:
+    """What refitting the run's method on part of the train rows needs."""
+
+    config: TrainConfig
+    corpus: Corpus
+    acts: Activations
+    stats: ConceptStats  # the sums over every train row (this process's share)
+    basis: list[torch.Tensor]  # neutral components projected out (empty: none)
+    dist: Any
+
+    def without(self, held: Sequence[int], rest: Sequence[int]) -> torch.Tensor:
+        """Vectors `[L, C, H]` (rounded to the storage dtype) fitted on `rest`, the train
+        rows outside the fold `held` (both this process's share).
+
+        Methods that only read sums get `stats` minus the fold's sums (one pass over the
+        fold); methods that make their own passes read the other rows again."""
+        config, n_layers, _, hidden = self.config, *self.stats.pos_sum.shape
+        if "rows" in method_needs(config.method):
+            part = accumulate(self.acts, self.corpus.train, rest, n_layers, hidden, config.method)
+        else:
+            fold = accumulate(self.acts, self.corpus.train, held, n_layers, hidden, config.method)
+            for tensor in fold.tensors():
+                self.dist.sum_(tensor)
+            part = copy.deepcopy(self.stats)
+            for total, mine in zip(part.tensors(), fold.tensors()):
+                total -= mine
+        vectors = get_method(config.method)(part)
+        if self.basis:
+            vectors = project_out(vectors, self.basis)
+        vectors = torch.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
+        return vectors.to(VECTOR_DTYPES[config.vectors_dtype]).float()
+
+
+def out_of_fold(
+    refit: Refit, rows: Sequence[int], mine: set[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project every train text on vectors fitted without its fold (`amygdala.combine`).
+
+    Returns `(text positions [n], projections [n, L, C], folds [n])` over the rows whose
+    activations are finite, gathered from every process.
+    """
+    rows = list(rows)
+    folds = fold_ids([refit.acts.hashes[r] for r in rows])
+    where = {r: i for i, r in enumerate(rows)}
+    n_layers, n_concepts = refit.stats.pos_sum.shape[:2]
+    proj = np.zeros((len(rows), n_layers, n_concepts))
+    seen = np.zeros(len(rows))
+    for f in range(FOLDS):
+        held = [r for r, g in zip(rows, folds) if g == f and r in mine]
+        rest = [r for r, g in zip(rows, folds) if g != f and r in mine]
+        vectors = refit.without(held, rest)
+        positions, scores = project(refit.acts, held, vectors)
+        index = [where[int(p)] for p in positions]
+        proj[index] = scores
+        seen[index] = 1.0
+    seen = refit.dist.sum_array(seen) > 0
+    proj = refit.dist.sum_array(proj)
+    return np.asarray(rows)[seen], proj[seen], folds[seen]
+
+
+def fit_combined(
+    refit: Refit, train_rows: Sequence[int], mine: set[int], std: np.ndarray, moments: TokenMoments
+) -> tuple[dict[str, Any] | None, str]:
+    """The manifest's `combined` entry (or None and the reason): layer weights chosen on
+    out-of-fold projections of the train rows, calibrated on the reference tokens."""
+    rows, proj, folds = out_of_fold(refit, train_rows, mine)
+    labels = refit.corpus.train[rows]
+    fit = fit_combination(proj, labels, std, folds)
+    weights = significant(fit.weights)
+    mean, cstd = combined_calibration(
+        moments.joint_count, moments.joint_sum, moments.joint_outer, weights
+    )
+    bad = [
+        refit.corpus.concepts[c]
+        for c in range(len(cstd))
+        if not (np.isfinite(cstd[c]) and cstd[c] > 0 and np.isfinite(mean[c]))
+    ]
+    if bad:
+        return None, (
+            f"no spread of the combined score over the reference tokens for {bad} "
+            "(no reference text, or vectors with no spread)"
+        )
+    return manifest_entry(fit, weights, significant(mean), significant(cstd)), ""
 
 
 def calibration_reference(
@@ -519,6 +674,15 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
         print(
             f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
             "overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens)",
+            file=out,
+        )
+    if result.combined_note:
+        print(f"no combined score: {result.combined_note}", file=out)
+    elif "combined" in m:
+        fit = m["combined"].get("fit", {})
+        print(
+            f"combined score over {len(m['layers'])} layers: {fit.get('chosen')} weights "
+            f"(cross-validated train AUROC {fit.get('cv_auroc')})",
             file=out,
         )
     if result.corpus_problems:

@@ -153,6 +153,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
         "default 0 (off)",
     )
     g.add_argument(
+        "--no-combined",
+        action="store_true",
+        help="skip the combined score over all layers; by default its layer "
+        "weights are fitted on out-of-fold projections of the train rows (the "
+        "method is refitted once per fold) and stored in the manifest",
+    )
+    g.add_argument(
         "--report",
         type=Path,
         default=None,
@@ -198,6 +205,7 @@ def config_from_args(
         neutral_share=args.neutral_share,
         report_dir=getattr(args, "report", None),
         device_map=args.device_map,
+        combined=not args.no_combined,
     )
 
 
