@@ -32,8 +32,10 @@ def random_artifact(
     hidden: int = 64,
     calibrated: bool = True,
     seed: int = 0,
+    combined: bool = False,
 ) -> Path:
-    """Random unit vectors (fp32) for `layers`, with a made-up calibration when asked."""
+    """Random unit vectors (fp32) for `layers`, with a made-up calibration when asked, and
+    a made-up combined score (weights of both signs) with `combined`."""
     from amygdala.artifact import save_artifact
 
     g = torch.Generator().manual_seed(seed)
@@ -56,6 +58,14 @@ def random_artifact(
             "reference": "negatives",
             "mean": (torch.randn(shape, generator=g) * 0.05).tolist(),
             "std": (torch.rand(shape, generator=g) * 0.2 + 0.05).tolist(),
+        }
+    if combined:
+        n = len(concepts)
+        manifest["combined"] = {
+            "weights": (torch.randn((len(layers), n), generator=g) * 3).tolist(),
+            "mean": (torch.randn(n, generator=g) * 0.1).tolist(),
+            "std": (torch.rand(n, generator=g) + 0.5).tolist(),
+            "unit": "token",
         }
     path, _ = save_artifact(vectors, manifest, out)
     return path

@@ -131,6 +131,16 @@ def test_z_scores_follow_the_trained_calibration(
     np.testing.assert_allclose(
         pooled_z.numpy(), (ro.pooled().numpy() - mean) / std, rtol=1e-4, atol=1e-4
     )
+    # the trainer wrote a combined score: Σ weights · raw, z from its own mean and std
+    comb = result.manifest["combined"]
+    weights = np.array(comb["weights"])
+    assert ro.combined is not None and ro.combined_z is not None
+    want = np.einsum("tlc,lc->tc", ro.raw.numpy().astype(np.float64), weights)
+    np.testing.assert_allclose(ro.combined.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ro.combined_z.numpy(), (want - comb["mean"]) / np.array(comb["std"]), rtol=1e-4, atol=1e-4
+    )
+    assert ro.default_layer == "combined"
 
 
 def test_no_calibration_means_no_z(
@@ -145,6 +155,57 @@ def test_no_calibration_means_no_z(
     assert ro.z is None and ro.pooled_z() is None
     assert ro.top(3, 2, use_z=True) == ro.top(3, 2, use_z=False)
     assert all("z" not in rec for rec in ro.records())
+
+
+@pytest.fixture(scope="module")
+def combined_artifact(
+    tiny_model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    out = tmp_path_factory.mktemp("rc") / "readout.safetensors"
+    return load_artifact(
+        random_artifact(tiny_model_dirs("llama"), out, [1, 3], CONCEPTS, combined=True)
+    )
+
+
+def test_combined_is_the_weighted_sum_of_layers(llama: Any, combined_artifact: Any) -> None:
+    """combined == Σ_l weights[l] · raw[l] per token; pooled, top and records follow it."""
+    comb = combined_artifact.manifest["combined"]
+    weights, mean, std = (np.array(comb[k], dtype=np.float64) for k in ("weights", "mean", "std"))
+    ro = readout(llama, combined_artifact, TEXTS[1])
+    assert ro.combined is not None and ro.combined_z is not None
+    raw = ro.raw.numpy().astype(np.float64)
+    want = np.einsum("tlc,lc->tc", raw, weights)
+    np.testing.assert_allclose(ro.combined.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ro.combined_z.numpy(), (want - mean) / std, rtol=1e-5, atol=1e-5)
+    keep = np.array(ro.keep)
+    pooled = ro.pooled(layer="combined").numpy()
+    np.testing.assert_allclose(pooled, want[keep].mean(0), rtol=1e-5, atol=1e-5)
+    # mean pooling is linear: the pooled combined score is Σ weights · the pooled layers
+    np.testing.assert_allclose(pooled, (ro.pooled().numpy() * weights).sum(0), rtol=1e-5, atol=1e-5)
+    pooled_z = ro.pooled_z(layer="combined")
+    assert pooled_z is not None
+    np.testing.assert_allclose(pooled_z.numpy(), (pooled - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ro.pooled(layer=3).numpy(), ro.pooled().numpy()[1])
+    # the default view is the combined score, z first
+    assert ro.default_layer == "combined"
+    order = np.argsort(-pooled_z.numpy())[:2]
+    assert ro.top(k=2) == ro.top("combined", 2)
+    assert [name for name, _ in ro.top(k=2)] == [CONCEPTS[c] for c in order]
+    assert [name for name, _ in ro.top("combined", 2, use_z=False)] == [
+        CONCEPTS[c] for c in np.argsort(-pooled)[:2]
+    ]
+    for t, rec in enumerate(ro.records()):
+        assert rec["combined"] == pytest.approx(dict(zip(CONCEPTS, want[t])), rel=1e-5, abs=1e-5)
+        assert set(rec["combined_z"]) == set(CONCEPTS)
+
+
+def test_without_a_combined_entry_layers_stay_the_default(llama: Any, llama_artifact: Any) -> None:
+    ro = readout(llama, llama_artifact, TEXTS[0])
+    assert ro.combined is None and ro.combined_z is None and ro.pooled_z(layer="combined") is None
+    assert ro.default_layer == 3 and ro.top(k=2) == ro.top(3, 2)
+    assert all("combined" not in rec for rec in ro.records())
+    with pytest.raises(ConfigError, match=r"no 'combined' entry .* retrain, or pick a layer"):
+        ro.top("combined")
 
 
 def test_hooks_removed_after_an_error(llama: Any, llama_artifact: Any) -> None:
@@ -246,10 +307,63 @@ def test_cli_tables_and_jsonl(
     assert all(name in shown for name, _ in top)
 
 
+@pytest.fixture(scope="module")
+def combined_cli(
+    tiny_model_dirs: Callable[[str], Path],
+    combined_artifact: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """`amygdala readout` on an artifact with a combined score, with no --layer."""
+    out = tmp_path_factory.mktemp("cli-combined")
+    vectors = out / "readout.safetensors"
+    save_artifact(combined_artifact.vectors, combined_artifact.manifest, vectors)
+    model = str(tiny_model_dirs("llama"))
+    args = ["readout", "--model", model, "--vectors", str(vectors), "--device", "cpu"]
+    code = main([*args, "--html", str(out / "heat.html"), "--jsonl", str(out / "t.jsonl"), HOSTILE])
+    return {"code": code, "dir": out, "args": args}
+
+
+def test_cli_combined_by_default_in_tables_jsonl_and_page(
+    combined_cli: dict[str, Any],
+    llama: Any,
+    combined_artifact: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from amygdala._heatmap import page_data
+
+    assert combined_cli["code"] == 0
+    ro = readout(llama, combined_artifact, HOSTILE)
+    weights = np.array(combined_artifact.manifest["combined"]["weights"])
+    records = [json.loads(x) for x in (combined_cli["dir"] / "t.jsonl").read_text().splitlines()]
+    for rec in records:
+        raw = np.array([[rec["raw"][str(layer)][c] for c in CONCEPTS] for layer in ro.layers])
+        want = (raw * weights).sum(0)
+        assert [rec["combined"][c] for c in CONCEPTS] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert main([*combined_cli["args"], "--top", "2", "Tears ran down her face."]) == 0
+    shown = capsys.readouterr().out
+    assert "top concepts at the combined score (all layers)" in shown
+    top = readout(llama, combined_artifact, "Tears ran down her face.").top("combined", 2)
+    assert all(name in shown for name, _ in top)
+    assert main([*combined_cli["args"], "--layer", "1", "Tears ran down her face."]) == 0
+    assert "top concepts at layer 1" in capsys.readouterr().out
+    # the page's data: combined is the default layer and equals Σ weights · raw
+    data = page_data(ro)
+    assert data["layer"] == "combined"
+    want = np.einsum("tlc,lc->tc", np.array(data["raw"]), weights)
+    np.testing.assert_allclose(np.array(data["combined"]), want, atol=1e-3)
+    page = (combined_cli["dir"] / "heat.html").read_text()
+    assert '"layer":"combined"' in page
+
+
 def test_cli_errors(cli_outputs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     args = ["readout", "--model", cli_outputs["model"], "--vectors", str(cli_outputs["vectors"])]
     assert main([*args, "--layer", "2", "hi"]) == 2
     assert "--layer 2 is not in the artifact; it has layers [1, 3]" in capsys.readouterr().err
+    assert main([*args, "--layer", "combined", "hi"]) == 2
+    assert "--layer combined: the manifest has no combined score" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--layer", "deepest", "hi"])
+    assert "pass a layer index of the artifact or `combined`" in capsys.readouterr().err
     assert main([*args, "   "]) == 2
     assert "the text is empty" in capsys.readouterr().err
 
@@ -320,3 +434,30 @@ def test_html_heatmap_renders_in_chromium(
     np.testing.assert_allclose(got, expected, atol=1e-4)
     colored = ["background-color: rgba(" in span for span in spans]
     assert colored == list(ro.keep), "real tokens are colored, special tokens are not"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH; the page is not rendered")
+@pytest.mark.parametrize(
+    ("fragment", "mode"), [("concept=fear", "z"), ("concept=joy&mode=raw", "raw")]
+)
+def test_html_heatmap_shows_the_combined_score_first(
+    combined_cli: dict[str, Any],
+    llama: Any,
+    combined_artifact: Any,
+    tmp_path: Path,
+    fragment: str,
+    mode: str,
+) -> None:
+    """Without a layer in the URL the page shows the combined score: Σ weights · raw."""
+    dom = _render(combined_cli["dir"] / "heat.html", fragment, tmp_path)
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None and 'data-layer="combined"' in body.group(1)
+    assert f'data-mode="{mode}"' in body.group(1)
+    assert '<option value="combined">combined (all layers)</option>' in dom
+    concept = re.search(r'data-concept="([^"]+)"', body.group(1)).group(1)  # type: ignore[union-attr]
+    ro = readout(llama, combined_artifact, HOSTILE)
+    values = ro.combined_z if mode == "z" else ro.combined
+    assert values is not None
+    spans = re.findall(r'<span class="tok[^"]*"[^>]*>', dom)
+    got = [float(re.search(r'data-value="([^"]+)"', span).group(1)) for span in spans]  # type: ignore[union-attr]
+    np.testing.assert_allclose(got, values[:, CONCEPTS.index(concept)].tolist(), atol=1e-3)

@@ -3,7 +3,9 @@
 One HTML file, no network: the readout is embedded as JSON in a
 `<script type="application/json">` tag (with `<` escaped, so no text can close the
 tag) and a small script colors each token by the chosen concept, layer and raw/z.
-The initial choice can come from the URL hash: `#concept=fear&layer=3&mode=raw`.
+"combined" (the manifest's combined score over all layers) is one of the layers, and the
+one shown first when the readout has it. The initial choice can come from the URL hash:
+`#concept=fear&layer=3&mode=raw` or `#layer=combined`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from amygdala.readout import Readout
+    from amygdala.readout import LayerChoice, Readout
 
 
-def page_data(ro: Readout, *, layer: int | None = None, title: str = "") -> dict[str, Any]:
-    """The JSON the page renders (values rounded to 4 decimals)."""
+def page_data(ro: Readout, *, layer: LayerChoice | None = None, title: str = "") -> dict[str, Any]:
+    """The JSON the page renders (values rounded to 4 decimals); `combined` and
+    `combined_z` are `[T][C]` (null without a combined score)."""
 
     def rounded(t: torch.Tensor | None) -> Any:
         return None if t is None else torch.round(t.double(), decimals=4).tolist()
@@ -30,13 +33,15 @@ def page_data(ro: Readout, *, layer: int | None = None, title: str = "") -> dict
         "keep": list(ro.keep),
         "concepts": list(ro.concepts),
         "layers": list(ro.layers),
-        "layer": ro.layers[-1] if layer is None else layer,
+        "layer": ro.default_layer if layer is None else layer,
         "raw": rounded(ro.raw),
         "z": rounded(ro.z),
+        "combined": rounded(ro.combined),
+        "combined_z": rounded(ro.combined_z),
     }
 
 
-def html_page(ro: Readout, *, title: str = "", layer: int | None = None) -> str:
+def html_page(ro: Readout, *, title: str = "", layer: LayerChoice | None = None) -> str:
     """The whole page as a string."""
     data = json.dumps(page_data(ro, layer=layer, title=title), separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -86,14 +91,28 @@ function option(sel, value, label) {
   sel.appendChild(o);
 }
 D.concepts.forEach((c) => option($("concept"), c, c));
+const COMBINED = "combined";
+if (D.combined) option($("layer"), COMBINED, "combined (all layers)");
 D.layers.forEach((l) => option($("layer"), String(l), String(l)));
-if (D.z) option($("mode"), "z", "z-score");
+if (D.z || D.combined_z) option($("mode"), "z", "z-score");
 option($("mode"), "raw", "raw dot product");
+function validLayer(l) {
+  return (l === COMBINED && D.combined) || D.layers.map(String).includes(l);
+}
+function series(mode, layer) {
+  // per token, the values of every concept: [T][C]
+  if (layer === COMBINED) return mode === "z" && D.combined_z ? D.combined_z : D.combined;
+  const li = D.layers.indexOf(Number(layer));
+  return (mode === "z" && D.z ? D.z : D.raw).map((row) => row[li]);
+}
+function layerName(layer) {
+  return layer === COMBINED ? "the combined score (all layers)" : `layer ${layer}`;
+}
 function fromHash() {
   const h = new URLSearchParams(location.hash.slice(1));
   if (h.get("concept") && D.concepts.includes(h.get("concept"))) $("concept").value = h.get("concept");
-  $("layer").value = String(D.layers.includes(Number(h.get("layer"))) ? Number(h.get("layer")) : D.layer);
-  if (h.get("mode") === "raw" || (h.get("mode") === "z" && D.z)) $("mode").value = h.get("mode");
+  $("layer").value = validLayer(h.get("layer")) ? h.get("layer") : String(D.layer);
+  if (h.get("mode") === "raw" || (h.get("mode") === "z" && (D.z || D.combined_z))) $("mode").value = h.get("mode");
 }
 function color(v, scale) {
   const a = Math.min(Math.abs(v) / (scale || 1), 1) * 0.85;
@@ -101,9 +120,9 @@ function color(v, scale) {
 }
 function render() {
   const c = D.concepts.indexOf($("concept").value);
-  const li = D.layers.indexOf(Number($("layer").value));
+  const layer = $("layer").value;
   const mode = $("mode").value;
-  const vals = (mode === "z" ? D.z : D.raw).map((row) => row[li][c]);
+  const vals = series(mode, layer).map((row) => row[c]);
   const kept = vals.filter((_, t) => D.keep[t]);
   const scale = mode === "z" ? 3 : Math.max(1e-9, ...kept.map(Math.abs));
   const box = $("text"); box.textContent = "";
@@ -114,25 +133,27 @@ function render() {
     s.dataset.value = String(vals[t]);
     s.dataset.index = String(t);
     if (D.keep[t]) s.style.backgroundColor = color(vals[t], scale);
-    s.title = `${tok} · ${D.concepts[c]} @ layer ${D.layers[li]}: ${vals[t].toFixed(3)} (${mode})`;
+    s.title = `${tok} · ${D.concepts[c]} @ ${layerName(layer)}: ${vals[t].toFixed(3)} (${mode})`;
     box.appendChild(s);
   });
   const mean = kept.length ? kept.reduce((a, b) => a + b, 0) / kept.length : NaN;
-  $("legend").textContent = `${D.concepts[c]} at layer ${D.layers[li]} (${mode}); mean over ` +
+  $("legend").textContent = `${D.concepts[c]} at ${layerName(layer)} (${mode}); mean over ` +
     `real tokens ${mean.toFixed(3)}; red = positive, blue = negative, full color at ` +
     (mode === "z" ? "|z| = 3" : `|raw| = ${scale.toFixed(3)}`);
-  renderTop(li, mode);
+  renderTop(layer, mode);
   document.body.dataset.concept = D.concepts[c];
-  document.body.dataset.layer = String(D.layers[li]);
+  document.body.dataset.layer = layer;
   document.body.dataset.mode = mode;
   document.body.dataset.ready = "1";
 }
-function renderTop(li, mode) {
-  const rows = (mode === "z" ? D.z : D.raw).filter((_, t) => D.keep[t]);
-  const means = D.concepts.map((_, c) =>
-    rows.length ? rows.reduce((a, r) => a + r[li][c], 0) / rows.length : NaN);
-  const order = means.map((m, c) => [m, c]).sort((a, b) => b[0] - a[0]).slice(0, 10);
-  const top = $("top"); top.textContent = "text's top concepts at this layer: ";
+function means(rows) {
+  return D.concepts.map((_, c) =>
+    rows.length ? rows.reduce((a, r) => a + r[c], 0) / rows.length : NaN);
+}
+function renderTop(layer, mode) {
+  const rows = series(mode, layer).filter((_, t) => D.keep[t]);
+  const order = means(rows).map((m, c) => [m, c]).sort((a, b) => b[0] - a[0]).slice(0, 10);
+  const top = $("top"); top.textContent = `text's top concepts at ${layerName(layer)}: `;
   order.forEach(([m, c]) => {
     const b = document.createElement("button");
     b.textContent = `${D.concepts[c]} ${m.toFixed(2)}`;
@@ -144,15 +165,10 @@ function renderTop(li, mode) {
 window.addEventListener("hashchange", () => { fromHash(); render(); });
 fromHash();
 if (!location.hash.includes("concept=")) {
-  const li = D.layers.indexOf(Number($("layer").value));
-  const rows = (D.z || D.raw).filter((_, t) => D.keep[t]);
+  const rows = series($("mode").value, $("layer").value).filter((_, t) => D.keep[t]);
   if (rows.length) {
-    let best = 0, bestV = -Infinity;
-    D.concepts.forEach((_, c) => {
-      const v = rows.reduce((a, r) => a + r[li][c], 0);
-      if (v > bestV) { bestV = v; best = c; }
-    });
-    $("concept").value = D.concepts[best];
+    const m = means(rows);
+    $("concept").value = D.concepts[m.indexOf(Math.max(...m))];
   }
 }
 render();

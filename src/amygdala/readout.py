@@ -12,6 +12,11 @@ are those of single-token projections over reference text (the trainer samples a
 tokens of every reference text), so a token's z says how unusual that token is. A
 manifest without calibration gives raw values only (`z is None`), never an error.
 
+The combined score reads all layers at once: with the manifest's `combined` entry,
+`combined[t, c] = Σ_l weights[l][c] · raw[t, l, c]` and `combined_z = (combined − mean) /
+std` (`Combination`; fitted at training time, see `amygdala.combine`). Wherever a layer
+is chosen, `"combined"` is a choice, and the default when the manifest has it.
+
 The server (`amygdala.serve`) uses the same `ResidualRecorder` and `Projector`, so a
 streamed token's readout is this module's value for the same token ids.
 
@@ -20,7 +25,8 @@ Example:
     from amygdala.readout import readout
     ro = readout("minilm", load_artifact("out/readout.safetensors"), "I miss you.")
     ro.raw.shape            # [tokens, layers, concepts]
-    ro.top(layer=ro.layers[-1], k=3)
+    ro.top(k=3)             # the combined score when the manifest has it, else the deepest layer
+    ro.combined.shape       # [tokens, concepts], or None without a combined entry
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,14 +47,21 @@ if TYPE_CHECKING:
     from amygdala.models import LoadedModel
 
 __all__ = [
+    "COMBINED",
     "AttachedHooks",
     "Calibration",
+    "Combination",
+    "LayerChoice",
     "Projector",
     "Readout",
     "ResidualRecorder",
     "readout",
     "readout_ids",
 ]
+
+
+COMBINED: Literal["combined"] = "combined"
+LayerChoice = int | Literal["combined"]  # an absolute layer index, or the combined score
 
 
 class _StopForward(Exception):
@@ -89,6 +102,44 @@ class Calibration:
         return cls(reference=str(cal.get("reference", "")), mean=mean, std=std)
 
 
+@dataclasses.dataclass(frozen=True)
+class Combination:
+    """The manifest's combined score over all layers (`amygdala.combine`).
+
+    `combined_raw[c] = Σ_l weights[l][c] · raw[l][c]`; `combined_z = (combined_raw − mean)
+    / std`, with mean and std of single reference tokens like the per-layer calibration.
+    """
+
+    weights: Tensor  # [n_layers, n_concepts] fp32
+    mean: Tensor  # [n_concepts] fp32
+    std: Tensor  # [n_concepts] fp32, > 0
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> Combination | None:
+        """The manifest's `combined` entry; None when it has none (an older manifest)."""
+        if "combined" not in manifest:
+            return None
+        from amygdala.artifact import check_combined
+
+        problems = check_combined(manifest)
+        if problems:
+            raise ArtifactError("; ".join(problems))
+        entry = manifest["combined"]
+        return cls(
+            weights=torch.tensor(entry["weights"], dtype=torch.float32),
+            mean=torch.tensor(entry["mean"], dtype=torch.float32),
+            std=torch.tensor(entry["std"], dtype=torch.float32),
+        )
+
+    def raw(self, raw: Tensor) -> Tensor:
+        """`[..., L, C]` per-layer raw readouts → `[..., C]` combined raw values."""
+        return (raw.to(torch.float32) * self.weights.to(raw.device)).sum(dim=-2)
+
+    def z(self, combined: Tensor) -> Tensor:
+        """Combined raw values `[..., C]` → their z-scores."""
+        return (combined - self.mean.to(combined.device)) / self.std.to(combined.device)
+
+
 class Projector:
     """Turns recorded block outputs into `[positions, layers, concepts]` fp32 readouts.
 
@@ -103,6 +154,7 @@ class Projector:
         self.concepts: tuple[str, ...] = tuple(artifact.concepts)
         self.layers: tuple[int, ...] = tuple(artifact.layers)
         self.calibration = Calibration.from_manifest(artifact.manifest)
+        self.combination = Combination.from_manifest(artifact.manifest)
         weight_t = artifact.stacked(torch.float32).transpose(1, 2)  # [L, H, C]
         self._weight_t = weight_t.contiguous().to(device)
         self._inv_std: Tensor | None = None
@@ -260,7 +312,9 @@ class Readout:
 
     `raw[t, i, c]` is token t's projection at layer `layers[i]` onto `concepts[c]`;
     `z` is the same shape, or None when the manifest has no calibration. `keep[t]`
-    marks the positions mean pooling uses (real, non-special tokens).
+    marks the positions mean pooling uses (real, non-special tokens). `combined[t, c]`
+    is `Σ_i weights[i][c] · raw[t, i, c]` with the manifest's combined weights, and
+    `combined_z` its z-score; both None when the manifest has no `combined` entry.
     """
 
     tokens: tuple[str, ...]
@@ -271,6 +325,8 @@ class Readout:
     concepts: tuple[str, ...]
     layers: tuple[int, ...]
     truncated: bool = False
+    combined: Tensor | None = None  # [T, C] fp32, cpu
+    combined_z: Tensor | None = None  # [T, C] fp32, cpu
 
     def __post_init__(self) -> None:
         shape = (len(self.token_ids), len(self.layers), len(self.concepts))
@@ -278,8 +334,19 @@ class Readout:
             raise ValueError(f"raw {tuple(self.raw.shape)} != (tokens, layers, concepts) {shape}")
         if self.z is not None and tuple(self.z.shape) != shape:
             raise ValueError(f"z {tuple(self.z.shape)} != (tokens, layers, concepts) {shape}")
+        for name in ("combined", "combined_z"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (shape[0], shape[2]):
+                raise ValueError(
+                    f"{name} {tuple(value.shape)} != (tokens, concepts) {(shape[0], shape[2])}"
+                )
         if not len(self.tokens) == len(self.keep) == len(self.token_ids):
             raise ValueError("tokens, token_ids and keep must have one entry per token")
+
+    @property
+    def default_layer(self) -> LayerChoice:
+        """`"combined"` when the manifest has a combined score, else the deepest layer."""
+        return COMBINED if self.combined is not None else self.layers[-1]
 
     def layer_index(self, layer: int) -> int:
         """Position of absolute block index `layer` in `self.layers`."""
@@ -289,29 +356,61 @@ class Readout:
             )
         return self.layers.index(layer)
 
-    def pooled(self, values: Tensor | None = None) -> Tensor:
-        """Mean over the kept positions, `[L, C]` (the trainer's mean-pooled projection)."""
-        values = self.raw if values is None else values
+    def pooled(self, values: Tensor | None = None, *, layer: LayerChoice | None = None) -> Tensor:
+        """Mean over the kept positions (the trainer's mean-pooled projection).
+
+        Without `layer`: `[L, C]` of `values` (by default `raw`). With a layer index: that
+        layer's `[C]`. With `layer="combined"`: `[C]`, the mean of `values` `[T, C]` (by
+        default `combined`), which equals `Σ_l weights[l] · pooled()[l]`.
+        """
+        if layer == COMBINED:
+            values = self._combined(values, "combined")
+        elif values is None:
+            values = self.raw
         keep = torch.tensor(self.keep, dtype=torch.bool)
         if not bool(keep.any()):
-            return torch.full(values.shape[1:], float("nan"))
-        return values[keep].mean(dim=0)
+            out = torch.full(values.shape[1:], float("nan"))
+        else:
+            out = values[keep].mean(dim=0)
+        return out[self.layer_index(layer)] if isinstance(layer, int) else out
 
-    def pooled_z(self) -> Tensor | None:
-        """The mean of the per-token z-scores over the pooled tokens (z of the pooled raw)."""
-        return None if self.z is None else self.pooled(self.z)
+    def pooled_z(self, *, layer: LayerChoice | None = None) -> Tensor | None:
+        """The mean of the per-token z-scores over the pooled tokens (z of the pooled raw);
+        `[L, C]`, or `[C]` for one layer or `"combined"`; None when uncalibrated."""
+        if layer == COMBINED:
+            return None if self.combined_z is None else self.pooled(self.combined_z, layer=layer)
+        return None if self.z is None else self.pooled(self.z, layer=layer)
 
-    def top(self, layer: int, k: int = 5, *, use_z: bool = True) -> list[tuple[str, float]]:
-        """The text's `k` strongest concepts at `layer` (z when calibrated, else raw)."""
-        values = self.pooled(self.z if use_z and self.z is not None else self.raw)
-        row = values[self.layer_index(layer)]
+    def top(
+        self, layer: LayerChoice | None = None, k: int = 5, *, use_z: bool = True
+    ) -> list[tuple[str, float]]:
+        """The text's `k` strongest concepts at `layer` (z when calibrated, else raw); by
+        default the combined score when the manifest has it, else the deepest layer."""
+        layer = self.default_layer if layer is None else layer
+        row = self.pooled_z(layer=layer) if use_z else None
+        if row is None:
+            row = self.pooled(layer=layer)
         order = torch.argsort(row, descending=True)[:k].tolist()
         return [(self.concepts[c], float(row[c])) for c in order]
 
+    def _combined(self, values: Tensor | None, name: str) -> Tensor:
+        if values is not None:
+            return values
+        if self.combined is None:
+            raise ConfigError(
+                f"no {name} score: the manifest has no 'combined' entry (trained before it "
+                "existed, or with --no-combined); retrain, or pick a layer "
+                f"{list(self.layers)}"
+            )
+        return self.combined
+
     def records(self) -> Iterator[dict[str, Any]]:
-        """One JSON-ready dict per token: `raw[layer][concept]`, and `z` when calibrated."""
+        """One JSON-ready dict per token: `raw[layer][concept]`, `z` when calibrated, and
+        `combined[concept]` / `combined_z[concept]` when the manifest has them."""
         raw = self.raw.tolist()
         z = None if self.z is None else self.z.tolist()
+        combined = None if self.combined is None else self.combined.tolist()
+        combined_z = None if self.combined_z is None else self.combined_z.tolist()
         for t, token in enumerate(self.tokens):
             rec: dict[str, Any] = {
                 "position": t,
@@ -322,6 +421,10 @@ class Readout:
             }
             if z is not None:
                 rec["z"] = _named(z[t], self)
+            if combined is not None:
+                rec["combined"] = dict(zip(self.concepts, combined[t]))
+            if combined_z is not None:
+                rec["combined_z"] = dict(zip(self.concepts, combined_z[t]))
             yield rec
 
 
@@ -395,6 +498,10 @@ def readout_ids(
         with recorder.record(stop_after_deepest=True) as outs:
             lm.model(**forward_kwargs(lm, input_ids, mask))
         raw, z = projector.project([o[0] for o in outs])
+    combined = combined_z = None
+    if projector.combination is not None:
+        combined = projector.combination.raw(raw).cpu()
+        combined_z = projector.combination.z(combined)
     return Readout(
         tokens=token_strings(lm.tokenizer, ids),
         token_ids=tuple(int(i) for i in ids),
@@ -403,6 +510,8 @@ def readout_ids(
         z=None if z is None else z.cpu(),
         concepts=projector.concepts,
         layers=projector.layers,
+        combined=combined,
+        combined_z=combined_z,
     )
 
 

@@ -11,21 +11,24 @@ from typing import TYPE_CHECKING
 from amygdala.cli._options import add_device_option, add_dtype_option, add_manifest_option
 
 if TYPE_CHECKING:
-    from amygdala.readout import Readout
+    from amygdala.readout import LayerChoice, Readout
 
 HELP = "show which concepts a text and each of its tokens read as (table, HTML heatmap, JSONL)"
 DESCRIPTION = """\
 Project every token's residual stream onto the concept vectors and show the text's top
 concepts (the mean over its real tokens, as the trainer pools) and each token's top
-concept. z-scores when the manifest is calibrated, raw dot products otherwise.
+concept. z-scores when the manifest is calibrated, raw dot products otherwise. By default
+the tables show the combined score over all layers when the manifest has one (else the
+deepest layer); to change it, pass --layer N or --layer combined.
 
 Usage:
   amygdala readout --model minilm --vectors out/readout.safetensors "I miss you."
   amygdala readout --model minilm --vectors out/readout.safetensors \\
       --html heat.html --jsonl tokens.jsonl "The lights went out."
 
-The HTML page is self-contained (no network): pick the concept, the layer and raw/z in
-the page. The JSONL has one line per token with every layer's and concept's values.
+The HTML page is self-contained (no network): pick the concept, the layer (or
+"combined") and raw/z in the page. The JSONL has one line per token with every layer's
+and concept's values, and the combined score's (`combined`, `combined_z`).
 """
 
 
@@ -40,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_manifest_option(parser)
     parser.add_argument(
         "--layer",
-        type=int,
+        type=layer_choice,
         default=None,
-        help="which artifact layer the tables show; by default the deepest",
+        help="which artifact layer the tables show, or `combined` (all layers, the manifest's "
+        "weights); by default combined when the manifest has it, else the deepest layer",
     )
     parser.add_argument(
         "--top", type=int, default=5, help="concepts listed for the whole text; default 5"
@@ -76,6 +80,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def layer_choice(value: str) -> LayerChoice:
+    """`--layer`: an absolute layer index or `combined`."""
+    if value == "combined":
+        return "combined"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: pass a layer index of the artifact or `combined`"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from amygdala._heatmap import html_page
     from amygdala._io import atomic_write_text
@@ -90,8 +106,16 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
     artifact = load_artifact(args.vectors, args.manifest)
-    layer = artifact.layers[-1] if args.layer is None else args.layer
-    if layer not in artifact.layers:
+    has_combined = "combined" in artifact.manifest
+    layer: LayerChoice = args.layer
+    if layer is None:
+        layer = "combined" if has_combined else artifact.layers[-1]
+    elif layer == "combined" and not has_combined:
+        raise ConfigError(
+            "--layer combined: the manifest has no combined score (trained before it "
+            f"existed, or with --no-combined); retrain, or pick a layer of {artifact.layers}"
+        )
+    elif layer != "combined" and layer not in artifact.layers:
         raise ConfigError(
             f"--layer {layer} is not in the artifact; it has layers {artifact.layers}"
         )
@@ -119,31 +143,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_tables(ro: Readout, layer: int, top: int) -> None:
+def print_tables(ro: Readout, layer: LayerChoice, top: int) -> None:
     """The text's top concepts, then each token's top concept, at `layer`."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    li = ro.layer_index(layer)
-    unit = "z" if ro.z is not None else "raw"
-    console.print(f"[bold]text: top concepts at layer {layer}[/] (mean over real tokens)")
+    where = "the combined score (all layers)" if layer == "combined" else f"layer {layer}"
+    if layer == "combined":
+        raw, z = ro.combined, ro.combined_z
+    else:
+        li = ro.layer_index(layer)
+        raw, z = ro.raw[:, li], (None if ro.z is None else ro.z[:, li])
+    assert raw is not None
+    unit = "z" if z is not None else "raw"
+    console.print(f"[bold]text: top concepts at {where}[/] (mean over real tokens)")
     summary = Table()
     summary.add_column("concept")
     summary.add_column("raw", justify="right")
-    if ro.z is not None:
+    if z is not None:
         summary.add_column("z", justify="right")
-    pooled_z = ro.pooled_z()
+    pooled_raw = ro.pooled(raw, layer="combined")  # the mean of a [T, C] view
+    pooled_z = None if z is None else ro.pooled(z, layer="combined")
     for name, _ in ro.top(layer, top):
         c = ro.concepts.index(name)
-        row = [name, f"{float(ro.pooled()[li, c]):+.3f}"]
+        row = [name, f"{float(pooled_raw[c]):+.3f}"]
         if pooled_z is not None:
-            row.append(f"{float(pooled_z[li, c]):+.2f}")
+            row.append(f"{float(pooled_z[c]):+.2f}")
         summary.add_row(*row)
     console.print(summary)
     console.print(
-        f"[bold]tokens: top concept at layer {layer}[/] ({unit}; dim rows are special "
-        "tokens, not pooled)"
+        f"[bold]tokens: top concept at {where}[/] ({unit}; dim rows are special tokens, not pooled)"
     )
     tokens = Table()
     for name, justify in (
@@ -153,7 +183,7 @@ def print_tables(ro: Readout, layer: int, top: int) -> None:
         (unit, "right"),
     ):
         tokens.add_column(name, justify=justify)  # type: ignore[arg-type]
-    values = (ro.z if ro.z is not None else ro.raw)[:, li]
+    values = z if z is not None else raw
     for t, token in enumerate(ro.tokens):
         c = int(values[t].argmax())
         style = None if ro.keep[t] else "dim"
