@@ -51,7 +51,7 @@ def model_dir(tiny_model_dirs: Callable[[str], Path]) -> Path:
 @pytest.fixture(scope="module")
 def vectors(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("serve-artifact") / "readout.safetensors"
-    return random_artifact(model_dir, out, LAYERS, CONCEPTS)
+    return random_artifact(model_dir, out, LAYERS, CONCEPTS, combined=True)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,20 @@ def assert_offline_parity(
     torch.testing.assert_close(got_raw, ref.raw[len(prompt_ids) - 1 :], **TOL)
     assert ref.z is not None
     torch.testing.assert_close(got_z, ref.z[len(prompt_ids) - 1 :], **TOL)
+    assert_combined(
+        artifact, [c["readout"] for c in choices], [c["readout_combined"] for c in choices]
+    )
+    assert ref.combined is not None
+    got_combined = torch.tensor([c["readout_combined"] for c in choices])
+    torch.testing.assert_close(got_combined, ref.combined[len(prompt_ids) - 1 :], **TOL)
+
+
+def assert_combined(artifact: Any, raw: Any, combined: Any) -> None:
+    """`readout_combined` == Σ_l weights[l] · readout[l] with the manifest's weights (numpy)."""
+    weights = np.array(artifact.manifest["combined"]["weights"], dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    want = (raw * weights).sum(axis=-2)
+    np.testing.assert_allclose(np.asarray(combined), want, rtol=1e-5, atol=1e-6)
 
 
 # ---- models, manifest, auth ----------------------------------------------------------
@@ -153,9 +167,10 @@ def test_open_server_without_vectors(servers: dict[str, str]) -> None:
     ).json()
     choice = out["choices"][0]
     assert len(choice["token_ids"]) == 3 and "readout" not in choice
+    assert "readout_combined" not in choice
     chunks = list(_open_stream(url))
     assert len(token_choices(chunks)) == 3
-    assert all("readout" not in c for c in token_choices(chunks))
+    assert all("readout" not in c and "readout_combined" not in c for c in token_choices(chunks))
 
 
 def _open_stream(url: str) -> Iterator[dict[str, Any]]:
@@ -192,6 +207,8 @@ def test_streamed_completion_parity(url: str, lm: Any, artifact: Any) -> None:
     # the first token was sampled at the last prompt position, in the same (prefill) pass
     assert choices[0]["readout"] == first["readout"][-1]
     assert choices[0]["readout_z"] == first["readout_z"][-1]
+    assert choices[0]["readout_combined"] == first["readout_combined"][-1]
+    assert_combined(artifact, first["readout"], first["readout_combined"])
     assert [c["finish_reason"] for c in choices] == [None] * 11 + ["length"]
     assert_offline_parity(lm, artifact, prompt_ids, choices)
     gen = [c["token_id"] for c in choices]
@@ -210,6 +227,11 @@ def test_streamed_completion_parity(url: str, lm: Any, artifact: Any) -> None:
         torch.tensor(choice["readout"]), torch.tensor([c["readout"] for c in choices])
     )
     assert len(choice["readout_z"]) == 12 and choice["prompt_readout"]["token_ids"] == prompt_ids
+    assert_combined(artifact, choice["readout"], choice["readout_combined"])
+    torch.testing.assert_close(
+        torch.tensor(choice["readout_combined"]),
+        torch.tensor([c["readout_combined"] for c in choices]),
+    )
     assert whole["object"] == "text_completion" and whole["usage"]["completion_tokens"] == 12
 
 

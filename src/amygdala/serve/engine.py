@@ -17,7 +17,9 @@ sequence of m tokens takes m passes, the prefill and m - 1 decode steps). Token 
 readout equals `amygdala.readout.readout_ids(prompt_ids + generated[:k]).raw[-1]`, the
 offline readout of the text before it; this is the same contract as the vLLM plugin's.
 Prompt readouts (on request) come from the prefill pass, position by position, so the
-last one is also the first token's readout.
+last one is also the first token's readout. With a combined score in the manifest, every
+event also carries `combined` (`Σ_l weights[l] · raw[l]`, `[n_concepts]` per token), one
+small multiply-add on the host copy.
 
 Example:
     engine = Engine(lm, artifact)
@@ -98,6 +100,7 @@ class PromptEvent:
     token_ids: tuple[int, ...]
     raw: np.ndarray  # [n_prompt, n_layers, n_concepts] float32
     z: np.ndarray | None
+    combined: np.ndarray | None = None  # [n_prompt, n_concepts] float32
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class TokenEvent:
     raw: np.ndarray | None  # [n_layers, n_concepts] float32
     z: np.ndarray | None
     finish_reason: FinishReason | None = None  # set on the sequence's last token
+    combined: np.ndarray | None = None  # [n_concepts] float32: Σ_l weights[l] · raw[l]
 
 
 @dataclass(frozen=True)
@@ -298,10 +302,13 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.projector: Projector | None = None
         self.recorder: ResidualRecorder | None = None
+        self._combine: np.ndarray | None = None  # [L, C] float32 combined-score weights
         if artifact is not None:
             check_compatible(lm, artifact)
             self.projector = Projector(artifact, lm.device)
             self.recorder = ResidualRecorder(lm.blocks, self.projector.layers)
+            if self.projector.combination is not None:
+                self._combine = self.projector.combination.weights.numpy()
         self.eos_ids = _eos_ids(lm)
         self.max_positions = _max_positions(lm.model.config)
         self._logits_to_keep = "logits_to_keep" in lm.forward_params
@@ -443,8 +450,18 @@ class Engine:
     def prompt_event(self, req: GenerationRequest, out: Tensor) -> PromptEvent:
         arrays = out.cpu().numpy()  # [k, n, L, C]: one host copy, no Python floats
         return PromptEvent(
-            req.index, req.prompt_ids, arrays[0], arrays[1] if len(arrays) > 1 else None
+            req.index,
+            req.prompt_ids,
+            arrays[0],
+            arrays[1] if len(arrays) > 1 else None,
+            self.combined(arrays[0]),
         )
+
+    def combined(self, raw: np.ndarray) -> np.ndarray | None:
+        """`[..., L, C]` raw readouts → `[..., C]` combined scores (None without one)."""
+        if self._combine is None:
+            return None
+        return (raw * self._combine).sum(axis=-2, dtype=np.float32)
 
     def token_event(
         self,
@@ -460,7 +477,7 @@ class Engine:
             return TokenEvent(index, token_id, text, None, None, finish)
         arrays = np.ascontiguousarray(out[:, -1].cpu().numpy())  # [k, L, C]
         z = arrays[1] if len(arrays) > 1 else None
-        return TokenEvent(index, token_id, text, arrays[0], z, finish)
+        return TokenEvent(index, token_id, text, arrays[0], z, finish, self.combined(arrays[0]))
 
     def _run(self) -> None:
         with self._hooks_on():

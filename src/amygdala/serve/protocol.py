@@ -3,12 +3,15 @@
 Readout fields ride along in each choice, beside the usual OpenAI fields:
 
 * streamed chunk: `choices[i].token_id`, `choices[i].token` (that token's own text),
-  `choices[i].readout` `[n_layers][n_concepts]` raw dot products in manifest order, and
-  `choices[i].readout_z` when the manifest has calibration;
-* non-streamed choice: `token_ids`, `tokens`, `readout` `[n_tokens][n_layers][n_concepts]`
-  and `readout_z`, one entry per generated token;
+  `choices[i].readout` `[n_layers][n_concepts]` raw dot products in manifest order,
+  `choices[i].readout_z` when the manifest has calibration, and
+  `choices[i].readout_combined` `[n_concepts]` (raw `Σ_l weights[l] · readout[l]`) when
+  it has a combined score;
+* non-streamed choice: `token_ids`, `tokens`, `readout` `[n_tokens][n_layers][n_concepts]`,
+  `readout_z` and `readout_combined` `[n_tokens][n_concepts]`, one entry per token;
 * `"readout_prompt": true` in the request adds `choices[i].prompt_readout`
-  (`token_ids`, `tokens`, `readout`, `readout_z`) — in the first chunk of a stream;
+  (`token_ids`, `tokens`, `readout`, `readout_z`, `readout_combined`) — in the first
+  chunk of a stream;
 * `"readout": false` turns readouts off for a request.
 
 `text` / `delta.content` follow OpenAI: stop strings are cut and held-back partial
@@ -274,6 +277,8 @@ class ResponseBuilder:
         }
         if event.z is not None:
             out["readout_z"] = event.z
+        if event.combined is not None:
+            out["readout_combined"] = event.combined
         return out
 
     def role_chunk(self, index: int, prompt: PromptEvent | None) -> dict[str, Any]:
@@ -295,6 +300,8 @@ class ResponseBuilder:
             choice["readout"] = event.raw
         if event.z is not None:
             choice["readout_z"] = event.z
+        if event.combined is not None:
+            choice["readout_combined"] = event.combined
         return self._envelope([choice], True)
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
@@ -332,10 +339,13 @@ class ResponseBuilder:
             )
             raws = [e.raw for e in events if e.raw is not None]
             zs = [e.z for e in events if e.z is not None]
+            combined = [e.combined for e in events if e.combined is not None]
             if raws:
                 choice["readout"] = np.stack(raws)
             if zs:
                 choice["readout_z"] = np.stack(zs)
+            if combined:
+                choice["readout_combined"] = np.stack(combined)
             if index in prompts:
                 choice["prompt_readout"] = self.prompt_readout(prompts[index])
             choices.append(choice)
