@@ -8,6 +8,7 @@ The plugin inside a real vLLM server is tested in test_vllm_server.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -18,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from amygdala.errors import ConfigError
+from amygdala.errors import ArtifactError, ConfigError
+from amygdala.serve.protocol import dumps
 from amygdala.vllm_plugin import _vllm, register
 from amygdala.vllm_plugin.channel import Batch, Entry, Publisher, Receiver, decode, encode
 from amygdala.vllm_plugin.inbox import Inbox
@@ -29,7 +31,7 @@ from amygdala.vllm_plugin.settings import (
     check_vllm_version,
     plugins_allow_endpoint,
 )
-from amygdala.vllm_plugin.stream import Rewriter, ZScores
+from amygdala.vllm_plugin.stream import CombinedScores, Rewriter, ZScores
 from amygdala.vllm_plugin.tap import Mark, ReadoutTap, StepLayout, plan_rows
 
 MANIFEST = {"concepts": ["a", "b", "c"], "layers": [1, 3], "hidden_size": 16, "dtype": "float32"}
@@ -392,6 +394,7 @@ def test_multi_token_chunk_becomes_one_chunk_per_token_in_order() -> None:
         z = out[2]["choices"][0]["readout_z"]
         assert z.tolist() == [[1.5, 0.0]]  # (4 − 1) / 2, and 0 where std is 0
         assert ["usage" in c for c in out] == [False, False, True]
+        assert all("readout_combined" not in c["choices"][0] for c in out)  # no entry
         assert all("token_ids" not in c["choices"][0] for c in out)
         assert all("prompt_token_ids" not in c["choices"][0] for c in out)
 
@@ -443,3 +446,107 @@ def test_whole_response_gets_every_tokens_readout() -> None:
         assert "prompt_token_ids" not in choice
 
     asyncio.run(main())
+
+
+# ---- the combined score ---------------------------------------------------------------------
+
+COMBINED_MANIFEST = {
+    "concepts": ["x", "y"],
+    "layers": [1, 2],
+    "calibration": {"mean": [[0.0, 0.0], [0.0, 0.0]], "std": [[1.0, 1.0], [1.0, 1.0]]},
+    "combined": {
+        "weights": [[0.5, -2.0], [1.5, 3.0]],
+        "mean": [0.1, -0.2],
+        "std": [2.0, 4.0],
+        "unit": "token",
+    },
+}
+
+
+def _rows(key: str, request_id: str, prompt_len: int, positions: list[int]) -> Batch:
+    """Rows `[n, 2 layers, 2 concepts]` whose entries differ by layer and concept."""
+    values = np.array([[[p, 2.0 * p], [1.0 - p, 0.25 * p]] for p in positions], dtype=np.float32)
+    return Batch((Entry(key, request_id, prompt_len, len(positions)),), np.array(positions), values)
+
+
+def _combined_rewriter(kind: str, inbox: Inbox, *, prompt: bool = False) -> Rewriter:
+    sub = inbox.subscribe("k", _vllm.choice_matcher(kind, "b", 1), prompt=prompt)
+    return Rewriter(
+        kind,
+        sub,
+        ZScores(COMBINED_MANIFEST),
+        lambda ids: [f"<{i}>" for i in ids],
+        prompt=prompt,
+        keep_token_ids=False,
+        timeout=1,
+        combined=CombinedScores(COMBINED_MANIFEST),
+    )
+
+
+def _weighted(raw: Any) -> np.ndarray:
+    """Σ_l weights[l] · raw[l] in float64, from the manifest (the independent reference)."""
+    weights = np.array(COMBINED_MANIFEST["combined"]["weights"])  # type: ignore[index]
+    return np.einsum("...lc,lc->...c", np.asarray(raw, dtype=np.float64), weights)
+
+
+def test_every_streamed_token_and_the_prompt_get_readout_combined() -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        rw = _combined_rewriter("completion", inbox, prompt=True)
+        inbox.deliver(_rows("k", "cmpl-b-0-00000000", 3, [0, 1, 2, 3, 4]))
+        chunk = {
+            "id": "cmpl-1",
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "abc",
+                    "logprobs": None,
+                    "finish_reason": None,
+                    "token_ids": [7, 8, 9],
+                    "prompt_token_ids": [1, 2, 3],
+                }
+            ],
+        }
+        out = await rw.chunk(chunk)
+        choices = [c["choices"][0] for c in out]
+        assert [float(c["readout"][0, 0]) for c in choices] == [2.0, 3.0, 4.0]
+        for c in choices:
+            assert c["readout_combined"].shape == (2,)
+            np.testing.assert_allclose(c["readout_combined"], _weighted(c["readout"]), rtol=1e-6)
+        prompt = choices[-1]["prompt_readout"]  # on the chunk that keeps vLLM's choice
+        assert prompt["readout"].shape == (3, 2, 2)
+        np.testing.assert_allclose(
+            prompt["readout_combined"], _weighted(prompt["readout"]), rtol=1e-6
+        )
+        # on the wire: the same numbers, written as JSON lists
+        wire = json.loads(dumps(out[1]))["choices"][0]
+        assert wire["readout_combined"] == pytest.approx(_weighted(wire["readout"]).tolist())
+
+    asyncio.run(main())
+
+
+def test_whole_response_gets_readout_combined_per_token() -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        rw = _combined_rewriter("completion", inbox)
+        inbox.deliver(_rows("k", "cmpl-b-0-00000000", 2, [1, 2, 3]))
+        body = {
+            "choices": [
+                {"index": 0, "text": "abc", "token_ids": [3, 4, 5], "prompt_token_ids": [1, 2]}
+            ]
+        }
+        choice = (await rw.response(body))["choices"][0]
+        assert choice["readout"].shape == (3, 2, 2)
+        assert choice["readout_combined"].shape == (3, 2)
+        np.testing.assert_allclose(
+            choice["readout_combined"], _weighted(choice["readout"]), rtol=1e-6
+        )
+
+    asyncio.run(main())
+
+
+def test_combined_scores_need_a_valid_entry() -> None:
+    assert CombinedScores({"concepts": ["x"], "layers": [1]})(np.ones((1, 1))) is None
+    bad = {**COMBINED_MANIFEST, "combined": {"weights": [[1.0]], "mean": [0.0], "std": [1.0]}}
+    with pytest.raises(ArtifactError, match=r"combined weights is \(1, 1\), expected"):
+        CombinedScores(bad)

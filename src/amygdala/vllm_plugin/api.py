@@ -31,7 +31,7 @@ from amygdala.vllm_plugin import _vllm
 from amygdala.vllm_plugin.channel import Receiver
 from amygdala.vllm_plugin.inbox import Inbox, Subscription
 from amygdala.vllm_plugin.settings import SESSION_ENV, TIMEOUT_ENV, ReadoutSettings
-from amygdala.vllm_plugin.stream import Rewriter, ZScores
+from amygdala.vllm_plugin.stream import CombinedScores, Rewriter, ZScores
 
 log = logging.getLogger("amygdala.vllm")
 
@@ -56,6 +56,7 @@ class _Served:
         self.manifest_json = orjson.dumps(artifact.manifest)
         shape = (len(artifact.manifest["layers"]), len(artifact.manifest["concepts"]))
         self.zscores = ZScores(artifact.manifest)
+        self.combined = CombinedScores(artifact.manifest)
         self.inbox = Inbox()
         self.receiver = Receiver(os.environ[SESSION_ENV], shape, self.inbox.deliver)
         self.receiver.start()
@@ -172,6 +173,7 @@ class ReadoutEndpoints:
             prompt=prompt,
             keep_token_ids=keep_token_ids,
             timeout=served.timeout,
+            combined=served.combined,
         )
         try:
             response = await original(request, raw_request)

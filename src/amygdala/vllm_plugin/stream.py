@@ -6,13 +6,15 @@ chunk and rewrites what they produce:
 
 * a streamed chunk that carries generated tokens becomes one chunk per token, each with
   `choices[i].token_id`, `choices[i].token` (that token's own text), `choices[i].readout`
-  `[n_layers][n_concepts]` and, when the manifest is calibrated, `choices[i].readout_z`;
+  `[n_layers][n_concepts]`, when the manifest is calibrated `choices[i].readout_z`, and
+  when it has a combined score `choices[i].readout_combined` `[n_concepts]` (raw
+  `Σ_l weights[l] · readout[l]`, computed here from the row that arrived);
   when vLLM put several tokens in one chunk, the earlier ones get chunks with empty text
   and the last keeps vLLM's text, logprobs and finish reason;
 * the first chunk of a choice gets `prompt_readout` (`token_ids`, `tokens`, `readout`,
-  `readout_z`) when the request asked for it;
+  `readout_z`, `readout_combined`) when the request asked for it;
 * a non-streamed choice gets `token_ids`, `tokens`, `readout` `[n_tokens][n_layers]
-  [n_concepts]` and `readout_z`;
+  [n_concepts]`, `readout_z` and `readout_combined` `[n_tokens][n_concepts]`;
 * `token_ids` / `prompt_token_ids` stay only where the client asked for them.
 
 These are exactly the fields `amygdala serve` sends, so `amygdala watch` and any client
@@ -53,6 +55,23 @@ class ZScores:
         return (raw * self._inv_std + self._shift).astype(np.float32)
 
 
+class CombinedScores:
+    """`readout_combined = Σ_l weights[l] · raw[l]` from the manifest's combined entry
+    (None for every row when the manifest has none)."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        from amygdala.readout import Combination
+
+        comb = Combination.from_manifest(manifest)
+        self._weights = None if comb is None else comb.weights.numpy().astype(np.float32)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray | None:
+        """`[..., L, C]` raw rows → `[..., C]`."""
+        if self._weights is None:
+            return None
+        return (raw * self._weights).sum(axis=-2, dtype=np.float32)
+
+
 class Rewriter:
     """Rewrites one request's response; see the module docstring for the fields."""
 
@@ -66,10 +85,12 @@ class Rewriter:
         prompt: bool,
         keep_token_ids: bool,
         timeout: float,
+        combined: CombinedScores | None = None,
     ) -> None:
         self.kind = kind
         self.sub = sub
         self.zscores = zscores
+        self.combined = combined
         self.token_text = token_text
         self.prompt = prompt
         self.keep_token_ids = keep_token_ids
@@ -161,10 +182,18 @@ class Rewriter:
     def _token_fields(self, token_id: int, text: str, raw: np.ndarray | None) -> dict[str, Any]:
         fields: dict[str, Any] = {"token_id": token_id, "token": text, "readout": raw}
         if raw is not None:
-            z = self.zscores(raw)
-            if z is not None:
-                fields["readout_z"] = z
+            self._add_derived(fields, raw)
         return fields
+
+    def _add_derived(self, out: dict[str, Any], raw: np.ndarray) -> None:
+        """`readout_z` and `readout_combined` of `raw` (`[..., L, C]`) where the manifest
+        has what they need."""
+        z = self.zscores(raw)
+        if z is not None:
+            out["readout_z"] = z
+        combined = self.combined(raw) if self.combined is not None else None
+        if combined is not None:
+            out["readout_combined"] = combined
 
     async def _prompt_readout(self, index: int) -> dict[str, Any] | None:
         raw = await self.sub.prompt(index, self.timeout)
@@ -172,9 +201,7 @@ class Rewriter:
             return None
         ids = self._prompt_ids.get(index, [])
         out: dict[str, Any] = {"token_ids": ids, "tokens": self.token_text(ids), "readout": raw}
-        z = self.zscores(raw)
-        if z is not None:
-            out["readout_z"] = z
+        self._add_derived(out, raw)
         return out
 
     # ---- not streamed ---------------------------------------------------------------
@@ -200,9 +227,7 @@ class Rewriter:
             if raws and all(r is not None for r in raws):
                 stacked = np.stack(raws)  # type: ignore[arg-type]
                 choice["readout"] = stacked
-                z = self.zscores(stacked)
-                if z is not None:
-                    choice["readout_z"] = z
+                self._add_derived(choice, stacked)
             else:
                 choice["readout"] = [r for r in raws]
             if self.prompt:
