@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from _serving import TMUX, Pane, bars, random_artifact, running_servers
-from amygdala.cli.watch import StableRanking, WatchState
+from amygdala.cli.watch import CombinedView, StableRanking, WatchState
 
 KEY = "watch-key"
 CONCEPTS = ["warmth", "fear", "joy", "calm", "anger", "curiosity"]
@@ -57,6 +58,63 @@ def test_keys_change_layer_and_mode() -> None:
         mode="raw",
     )
     assert raw_only.key("r") and raw_only.mode == "raw"  # nothing to toggle to
+
+
+COMBINED = {
+    "weights": [[0.5, -1.0, 2.0, 0.0, 1.0, 3.0], [1.5, 1.0, -0.5, 2.0, 0.25, -1.0]],
+    "mean": [0.1, 0.0, -0.2, 0.3, 0.0, 1.0],
+    "std": [2.0, 1.0, 0.5, 4.0, 1.0, 2.5],
+    "unit": "token",
+}
+
+
+def test_combined_row_is_the_weighted_sum_of_the_layers() -> None:
+    """With a combined score the state keeps one more row: Σ weights · raw, and its z."""
+    view = CombinedView.from_manifest(
+        {"layers": LAYERS, "concepts": CONCEPTS, "combined": COMBINED}
+    )
+    assert view is not None
+    state = WatchState(
+        concepts=CONCEPTS,
+        layers=LAYERS,
+        calibrated=True,
+        top=3,
+        hysteresis=0.1,
+        smooth=0.0,
+        combined=view,
+    )
+    rng = np.random.default_rng(0)
+    weights, mean, std = (
+        np.array(COMBINED[k], dtype=np.float64) for k in ("weights", "mean", "std")
+    )
+    for _ in range(3):
+        raw = rng.normal(size=(2, 6))
+        state.add_token("t", "t", raw.tolist(), (raw * 2).tolist())  # computed from raw
+    want = (raw * weights).sum(0)
+    np.testing.assert_allclose(state.values["raw"][2], want, rtol=1e-12)
+    np.testing.assert_allclose(state.values["z"][2], (want - mean) / std, rtol=1e-12)
+    # a server's readout_combined is taken as sent
+    state.add_token("u", "u", raw.tolist(), raw.tolist(), [9.0] * 6)
+    assert state.values["raw"][2] == [9.0] * 6
+    assert state.recent[-1][1][2] == [9.0] * 6
+    # keys: 0 selects the combined row, 1-2 the layers
+    assert state.key("1") and state.view_name() == "layer 1"
+    assert state.key("0") and state.layer_index == 2 and state.view_name() == "combined"
+    order, row = state.shown()
+    assert row == state.values["z"][2] and order == sorted(order, key=lambda c: -row[c])
+    plain = WatchState(
+        concepts=CONCEPTS, layers=LAYERS, calibrated=True, top=5, hysteresis=0.1, smooth=0.0
+    )
+    assert plain.key("0") and plain.layer_index == 0  # no combined score: ignored
+
+
+def test_a_combined_entry_that_does_not_fit_is_refused() -> None:
+    from amygdala.errors import ConfigError
+
+    man = {"layers": LAYERS, "concepts": CONCEPTS, "combined": {**COMBINED, "mean": [0.0]}}
+    with pytest.raises(ConfigError, match="does not fit its 2 layers x 6 concepts"):
+        CombinedView.from_manifest(man)
+    assert CombinedView.from_manifest({"layers": LAYERS, "concepts": CONCEPTS}) is None
 
 
 # ---- the real terminal ---------------------------------------------------------------
@@ -139,6 +197,66 @@ def test_watch_in_tmux(server: str, tmp_path: Path) -> None:
         while not rc.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert rc.read_text().strip() == "0"
+    finally:
+        pane.kill()
+
+
+@pytest.fixture(scope="module")
+def combined_server(
+    tiny_model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, object]]]:
+    """A server whose manifest has a combined score."""
+    import json
+
+    model = tiny_model_dirs("llama")
+    tmp = tmp_path_factory.mktemp("watch-combined")
+    vectors = random_artifact(model, tmp / "readout.safetensors", LAYERS, CONCEPTS, combined=True)
+    manifest = json.loads(vectors.with_suffix(".json").read_text())
+    with running_servers(
+        (
+            ["--model", str(model), "--vectors", str(vectors)],
+            tmp / "serve.log",
+            {"AMYGDALA_API_KEY": KEY},
+        )
+    ) as (url,):
+        yield url, manifest
+
+
+@pytest.mark.skipif(TMUX is None, reason="no tmux on PATH; the terminal view is not exercised")
+def test_watch_shows_the_combined_score_first(
+    combined_server: tuple[str, dict[str, object]], tmp_path: Path
+) -> None:
+    url, manifest = combined_server
+    prompt = "The lights went out"
+    argv = [sys.executable, "-m", "amygdala", "watch", "--url", url, "--max-tokens", "12"]
+    argv += ["--temperature", "0", prompt]
+    command = f"env AMYGDALA_API_KEY={KEY} HF_HUB_OFFLINE=1 {shlex.join(argv)}; sleep 30"
+    pane = Pane(f"amygdala-watch-c-{tmp_path.name}", f"sh -c {shlex.quote(command)}")
+    try:
+        shown = pane.wait_for(r"done \(length\)")
+        assert "combined · z-scores" in shown
+        assert "keys 0: combined · 1-2: layer" in " ".join(shown.split())  # the line may wrap
+        body = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
+        ref = httpx.post(
+            f"{url}/v1/completions",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ).json()["choices"][0]
+        comb = manifest["combined"]
+        weights = np.array(comb["weights"])  # type: ignore[index]
+        last = (np.array(ref["readout"][-1]) * weights).sum(0)  # Σ weights · raw
+        np.testing.assert_allclose(ref["readout_combined"][-1], last, rtol=1e-5, atol=1e-6)
+        z = (last - np.array(comb["mean"])) / np.array(comb["std"])  # type: ignore[index]
+        want = {c: round(float(v), 2) for c, v in zip(CONCEPTS, z)}
+        assert bars(shown) == pytest.approx(want, abs=0.011)
+        pane.keys("r")
+        shown = pane.wait_for(r"combined · raw dot products")
+        assert bars(shown) == pytest.approx(
+            {c: round(float(v), 2) for c, v in zip(CONCEPTS, last)}, abs=0.011
+        )
+        pane.keys("2")
+        pane.wait_for(r"layer 3 · raw dot products")
     finally:
         pane.kill()
 

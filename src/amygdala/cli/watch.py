@@ -19,9 +19,10 @@ DESCRIPTION = """\
 Streams a completion from an `amygdala serve` server and shows, live, the top concepts
 of one layer as bars and the recent tokens with their top concept.
 
-Keys: 1-9 choose the layer (in manifest order), r toggles z-scores / raw dot products,
-q quits. Rows keep their place until another concept leads by the hysteresis margin,
-so the bars do not flicker.
+Keys: 0 chooses the combined score over all layers (shown first when the manifest has
+one), 1-9 choose a layer (in manifest order), r toggles z-scores / raw dot products, q
+quits. Rows keep their place until another concept leads by the hysteresis margin, so
+the bars do not flicker.
 
 Usage:
   amygdala serve --model M --vectors out/readout.safetensors &
@@ -59,9 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument(
         "--layer",
-        type=int,
+        type=_layer_choice,
         default=None,
-        help="the layer shown first (absolute index); by default the deepest",
+        help="the layer shown first (absolute index), or `combined`; by default combined "
+        "when the manifest has a combined score, else the deepest layer",
     )
     parser.add_argument("--top", type=int, default=10, help="bars shown; default 10")
     parser.add_argument("--recent", type=int, default=12, help="recent tokens listed; default 12")
@@ -84,6 +86,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="quit when the completion ends instead of waiting for q",
     )
+
+
+def _layer_choice(value: str) -> int | str:
+    from amygdala.cli.readout import layer_choice
+
+    return layer_choice(value)
+
+
+@dataclass(frozen=True)
+class CombinedView:
+    """The manifest's combined score, on the client: `combined[c] = Σ_l weights[l][c] ·
+    readout[l][c]` and its z `(combined − mean) / std` (plain lists: no torch here)."""
+
+    weights: list[list[float]]  # [n_layers][n_concepts]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> CombinedView | None:
+        """None when the manifest has no `combined` entry; ConfigError when it is unusable."""
+        from amygdala.errors import ConfigError
+
+        entry = manifest.get("combined")
+        if entry is None:
+            return None
+        n_layers, n_concepts = len(manifest["layers"]), len(manifest["concepts"])
+        try:
+            weights = [[float(w) for w in row] for row in entry["weights"]]
+            mean = [float(m) for m in entry["mean"]]
+            std = [float(x) for x in entry["std"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the server's manifest has an unusable 'combined' ({exc})") from None
+        if (
+            len(weights) != n_layers
+            or any(len(row) != n_concepts for row in weights)
+            or len(mean) != n_concepts
+            or len(std) != n_concepts
+            or not all(x > 0 for x in std)
+        ):
+            raise ConfigError(
+                "the server's manifest has a 'combined' entry that does not fit its "
+                f"{n_layers} layers x {n_concepts} concepts (or a std <= 0); check it with "
+                "amygdala validate"
+            )
+        return cls(weights, mean, std)
+
+    def raw(self, readout: list[list[float]]) -> list[float]:
+        """`[n_layers][n_concepts]` per-layer readout → `[n_concepts]` combined values."""
+        return [
+            sum(w[c] * row[c] for w, row in zip(self.weights, readout))
+            for c in range(len(self.mean))
+        ]
+
+    def z(self, combined: list[float]) -> list[float]:
+        return [(v - m) / s for v, m, s in zip(combined, self.mean, self.std)]
 
 
 class StableRanking:
@@ -131,7 +188,11 @@ class StableRanking:
 
 @dataclass
 class WatchState:
-    """What the screen shows; the stream thread writes it, the screen reads it."""
+    """What the screen shows; the stream thread writes it, the screen reads it.
+
+    `values[mode]` holds one row per layer and, with a combined score, one more row for
+    it (`layer_index == len(layers)` shows it).
+    """
 
     concepts: list[str]
     layers: list[int]
@@ -150,10 +211,33 @@ class WatchState:
     values: dict[Mode, list[list[float]]] = field(default_factory=dict)
     rankings: dict[tuple[Mode, int], StableRanking] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    combined: CombinedView | None = None  # the manifest's combined score, when it has one
+
+    @property
+    def combined_index(self) -> int | None:
+        """The row of the combined score (after the layers), or None without one."""
+        return None if self.combined is None else len(self.layers)
+
+    def view_name(self) -> str:
+        """`combined` or `layer N`: what the selected row is."""
+        if self.layer_index == self.combined_index:
+            return "combined"
+        return f"layer {self.layers[self.layer_index]}"
 
     def add_token(
-        self, token: str, text: str, raw: list[list[float]], z: list[list[float]] | None
+        self,
+        token: str,
+        text: str,
+        raw: list[list[float]],
+        z: list[list[float]] | None,
+        combined: list[float] | None = None,
     ) -> None:
+        """One streamed token: its per-layer `raw` and `z`, and the server's
+        `readout_combined` (computed from `raw` with the manifest's weights when absent)."""
+        if self.combined is not None:
+            value = list(combined) if combined is not None else self.combined.raw(raw)
+            raw = [*raw, value]
+            z = None if z is None else [*z, self.combined.z(value)]
         with self.lock:
             self.tokens += 1
             self.text += text
@@ -177,7 +261,9 @@ class WatchState:
         with self.lock:
             if ch in ("q", "Q", "\x03"):
                 return False
-            if ch.isdigit() and 1 <= int(ch) <= min(9, len(self.layers)):
+            if ch == "0" and self.combined_index is not None:
+                self.layer_index = self.combined_index
+            elif ch.isdigit() and 1 <= int(ch) <= min(9, len(self.layers)):
                 self.layer_index = int(ch) - 1
             elif ch in ("r", "R", "z", "Z") and self.calibrated:
                 self.mode = "raw" if self.mode == "z" else "z"
@@ -205,18 +291,19 @@ def render(state: WatchState, title: str) -> Any:
 
     with state.lock:
         order, row = state.shown()
-        layer = state.layers[state.layer_index]
+        view = state.view_name()
         unit = "z-scores" if state.mode == "z" else "raw dot products"
         keys = (
-            f"keys 1-{min(9, len(state.layers))}: layer · "
+            ("0: combined · " if state.combined is not None else "")
+            + f"1-{min(9, len(state.layers))}: layer · "
             + ("r: raw/z" if state.calibrated else "no calibration: raw only")
             + " · q: quit"
         )
         head = Text.assemble(
-            (f"layer {layer} · {unit}", "bold cyan"),
+            (f"{view} · {unit}", "bold cyan"),
             f"  ·  {state.tokens} tokens · {state.status}\n",
             (title, "bold"),
-            f"  ·  {keys}",
+            f"  ·  keys {keys}",
         )
         bars = Table.grid(padding=(0, 1))
         bars.add_column(justify="right", min_width=16)
@@ -237,7 +324,7 @@ def render(state: WatchState, title: str) -> Any:
         body = Text(state.text[-600:] or "…")
     return Group(
         head,
-        Panel(bars, title=f"top concepts · layer {layer}"),
+        Panel(bars, title=f"top concepts · {view}"),
         Panel(recent, title="recent tokens"),
         Panel(body, title="completion"),
     )
@@ -274,7 +361,11 @@ def _consume(state: WatchState, url: str, body: dict[str, Any], headers: dict[st
                     continue
                 text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
                 state.add_token(
-                    choice.get("token", ""), text, choice["readout"], choice.get("readout_z")
+                    choice.get("token", ""),
+                    text,
+                    choice["readout"],
+                    choice.get("readout_z"),
+                    choice.get("readout_combined"),
                 )
                 if choice.get("finish_reason"):
                     state.status = f"done ({choice['finish_reason']})"
@@ -336,12 +427,21 @@ def _setup(args: argparse.Namespace) -> tuple[WatchState, str, dict[str, Any], d
     )
     state.recent = deque(maxlen=args.recent)
     state.mode = "z" if state.calibrated else "raw"
-    if args.layer is not None:
+    state.combined = CombinedView.from_manifest(man)
+    if args.layer == "combined":
+        if state.combined_index is None:
+            raise ConfigError(
+                "--layer combined: the served manifest has no combined score; pick one of "
+                f"the layers {layers}"
+            )
+        state.layer_index = state.combined_index
+    elif args.layer is not None:
         if args.layer not in layers:
             raise ConfigError(f"--layer {args.layer} is not served; the layers are {layers}")
         state.layer_index = layers.index(args.layer)
     else:
-        state.layer_index = len(layers) - 1
+        default = state.combined_index
+        state.layer_index = len(layers) - 1 if default is None else default
     model = models.json()["data"][0]["id"]
     body: dict[str, Any] = {
         "model": model,
