@@ -137,6 +137,42 @@ def test_separation_numbers(quality_doc: tuple) -> None:
     np.testing.assert_allclose(doc["mean_auroc_per_layer"], table.mean(axis=0), atol=1e-6)
 
 
+def test_combined_auroc_is_that_of_the_weighted_sum(quality_doc: tuple) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    _, acts, train, heldout, vectors = quality_doc
+    weights = np.array([[1.0, 0.5, -1.0, 2.0], [0.0, 1.0, 1.0, 1.0], [2.0, -0.5, 0.5, 1.0]])
+    q = evaluate(
+        vectors, NAMES, [2, 5, 7], MemorySource(acts), train, heldout, combined_weights=weights
+    )
+    doc = json.loads(json.dumps(q.to_json()))
+    scores = np.einsum("nlh,lch->nlc", acts.astype(np.float64), vectors.double().numpy())
+    combined = (scores * weights).sum(axis=1)  # Σ_l weights[l] · projection[l]
+    want = []
+    for c, concept in enumerate(NAMES):
+        pos, neg = heldout[:, c] == 1, heldout[:, c] == -1
+        truth = np.r_[np.ones(pos.sum()), np.zeros(neg.sum())]
+        want.append(roc_auc_score(truth, np.r_[combined[pos, c], combined[neg, c]]))
+        assert doc["per_concept"][concept]["combined_auroc"] == pytest.approx(want[-1], abs=1e-6)
+    assert doc["mean_combined_auroc"] == pytest.approx(np.mean(want), abs=1e-6)
+    assert (
+        "mean_combined_auroc"
+        not in evaluate(vectors, NAMES, [2, 5, 7], MemorySource(acts), train, heldout).to_json()
+    )
+    from amygdala.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"combined weights \(1, 4\) do not match"):
+        evaluate(
+            vectors,
+            NAMES,
+            [2, 5, 7],
+            MemorySource(acts),
+            train,
+            heldout,
+            combined_weights=weights[:1],
+        )
+
+
 def test_recommended_layers_serve_every_concept(quality_doc: tuple) -> None:
     doc = quality_doc[0]
     table = np.array([doc["per_concept"][c]["auroc"] for c in NAMES])  # [C, L]
@@ -320,11 +356,15 @@ def test_report_cli_matches_independent_projection(
     held = [(t, e) for e, ts in EMOTIONS.items() for i, t in enumerate(ts) if i % 3 == 2]
     pooled = reference_pooled(model_dir, [t for t, _ in held], [0, 2])
     scores = np.einsum("nlh,lch->nlc", pooled, art.stacked().double().numpy())
+    weights = np.array(art.manifest["combined"]["weights"])
     for c, concept in enumerate(art.concepts):
         truth = np.array([e == concept for _, e in held])
         for j in range(2):
             want = roc_auc_score(truth, scores[:, j, c])
             assert doc["per_concept"][concept]["auroc"][j] == pytest.approx(want, abs=1e-6)
+        want = roc_auc_score(truth, (scores[:, :, c] * weights[:, c]).sum(axis=1))
+        assert doc["per_concept"][concept]["combined_auroc"] == pytest.approx(want, abs=1e-6)
+    assert "mean held-out AUROC of the combined score" in err.out
     assert doc["method"] == "whitened" and doc["layers"] == [0, 2]
 
 

@@ -47,6 +47,26 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return html_path, json.loads(json_path.read_text())
 
 
+@pytest.fixture(scope="module")
+def combined_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    import numpy as np
+
+    from test_evaluate import NAMES, MemorySource, dataset
+
+    acts, train, heldout, vectors = dataset()
+    q = evaluate(
+        vectors,
+        NAMES,
+        [2, 5, 7],
+        MemorySource(acts),
+        train,
+        heldout,
+        combined_weights=np.ones((3, 4)),
+    )
+    json_path, html_path = write_report(q, tmp_path_factory.mktemp("report-combined"))
+    return html_path, json.loads(json_path.read_text())
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str]
 
@@ -159,6 +179,26 @@ def test_report_is_self_contained(report: tuple[Path, dict]) -> None:
     for pattern in (r"https?:", r"<script", r"<link", r"<img", r"@import", r"url\(", r"src="):
         assert not re.search(pattern, html, re.I), pattern
     assert html.count("<svg") >= 4
+
+
+@needs_chromium
+def test_report_shows_the_combined_score_beside_the_layers(
+    combined_report: tuple[Path, dict], tmp_path: Path, proxy: tuple[int, list[str]]
+) -> None:
+    html_path, doc = combined_report
+    port, hits = proxy
+    dom = chromium(html_path, tmp_path, port, "--dump-dom")
+    assert page_requests(hits) == []
+    n_concepts, n_layers = len(doc["concepts"]), len(doc["layers"])
+    heatmap = re.search(r'<svg class="auroc-heatmap".*?</svg>', dom, re.S)
+    assert heatmap and heatmap.group(0).count("<rect") == n_concepts * (n_layers + 1)
+    first = doc["concepts"][0]
+    value = doc["per_concept"][first]["combined_auroc"]
+    assert f"<title>{first} × combined: {value:.3f}</title>" in heatmap.group(0)
+    bars = re.search(r'<svg class="layer-bars".*?</svg>', dom, re.S)
+    assert bars and ">combined</text>" in bars.group(0)
+    assert f"{doc['mean_combined_auroc']:.3f}" in bars.group(0)
+    assert "<th>combined AUROC</th>" in dom
 
 
 def test_render_html_survives_missing_values(report: tuple[Path, dict]) -> None:

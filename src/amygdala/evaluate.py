@@ -4,7 +4,8 @@
 layer (one pass over their stored activations) and measures:
 
 * **separation** — AUROC of the projection, held-out positives vs held-out negatives,
-  and Cohen's d (pooled standard deviation, ddof = 1);
+  and Cohen's d (pooled standard deviation, ddof = 1); with the manifest's combined
+  weights, also the AUROC of the combined score `Σ_l weights[l] · projection[l]`;
 * **layers** — the best layer per concept, the mean AUROC per layer, and a recommended
   layer set: starting from the best layer on average, layers are added greedily until
   every concept is within `LAYER_TOLERANCE` AUROC of its own best layer;
@@ -283,6 +284,14 @@ class Quality:
     pca_explained: np.ndarray  # [L, 2]
     thresholds: Thresholds
     info: dict[str, Any]  # provenance (model, method, training data …)
+    combined_auroc: np.ndarray | None = None  # [C]: the combined score's, when weighted
+
+    @property
+    def mean_combined(self) -> float | None:
+        """Mean AUROC of the combined score over the concepts (None without one)."""
+        if self.combined_auroc is None or np.all(np.isnan(self.combined_auroc)):
+            return None
+        return _num(np.nanmean(self.combined_auroc))
 
     @property
     def mean_per_layer(self) -> list[float | None]:
@@ -354,12 +363,18 @@ class Quality:
                 "crosstalk": [self._crosstalk(j, c) for j in range(len(self.layers))],
                 "flags": flags[concept],
             }
+            if self.combined_auroc is not None:
+                per_concept[concept]["combined_auroc"] = _num(self.combined_auroc[c])
+        combined = (
+            {} if self.combined_auroc is None else {"mean_combined_auroc": self.mean_combined}
+        )
         return {
             "format": QUALITY_FORMAT,
             **self.info,
             "concepts": list(self.concepts),
             "layers": list(self.layers),
             "mean_auroc_per_layer": self.mean_per_layer,
+            **combined,
             "recommended_layers": self.recommended,
             "recommendation_rule": (
                 f"the best layer on average, then layers added greedily "
@@ -414,6 +429,7 @@ def evaluate(
     thresholds: Thresholds | None = None,
     max_coherence: int = 500,
     info: dict[str, Any] | None = None,
+    combined_weights: np.ndarray | None = None,
 ) -> Quality:
     """Measure readout vectors `[L, C, H]` on held-out texts (see the module docstring).
 
@@ -422,6 +438,8 @@ def evaluate(
         source: stored activations by text position (rows of `train` / `heldout`).
         train, heldout: `[n_texts, C]` labels in {+1, -1, 0} (a `Corpus`'s arrays).
         max_coherence: train positives per concept used for coherence.
+        combined_weights: `[L, C]`, the manifest's `combined.weights`: also measure the
+            combined score.
 
     Example:
         q = evaluate(art.stacked(), art.concepts, art.layers, acts, corpus.train,
@@ -441,6 +459,16 @@ def evaluate(
     rows = np.flatnonzero((heldout != 0).any(axis=1)).tolist()
     positions, scores = project(source, rows, vectors)
     au, d = separation(scores, heldout[positions])
+    combined_au = None
+    if combined_weights is not None:
+        weights = np.asarray(combined_weights, dtype=np.float64)
+        if weights.shape != (n_layers, n_concepts):
+            raise ConfigError(
+                f"combined weights {weights.shape} do not match {n_layers} layers x "
+                f"{n_concepts} concepts"
+            )
+        combined = np.einsum("nlc,lc->nc", scores, weights)[:, None, :]
+        combined_au = separation(combined, heldout[positions])[0][0]
     v = vectors.double().cpu().numpy()
     cos = np.stack([cosine_matrix(v[j]) for j in range(n_layers)])
     ridge = [ridge_crosstalk(v[j]) for j in range(n_layers)]
@@ -461,6 +489,7 @@ def evaluate(
         pca_explained=np.stack([e for _, e in maps]),
         thresholds=thresholds or Thresholds(),
         info=dict(info or {}),
+        combined_auroc=combined_au,
     )
 
 

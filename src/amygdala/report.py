@@ -116,8 +116,17 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tupl
             thresholds=config.thresholds,
             max_coherence=config.max_coherence,
             info=quality_info(art.manifest, config.vectors),
+            combined_weights=combined_weights(art.manifest),
         )
     return write_report(quality, config.output_dir)
+
+
+def combined_weights(manifest: dict[str, Any]) -> Any:
+    """The manifest's combined-score weights `[L, C]` (numpy), or None without them."""
+    import numpy as np
+
+    entry = manifest.get("combined")
+    return None if entry is None else np.asarray(entry["weights"], dtype=np.float64)
 
 
 def _heldout_corpus(path: Path, concepts: list[str]) -> Any:
@@ -285,7 +294,8 @@ def scatter_svg(
 def bars_svg(
     labels: Sequence[str], values: Sequence[float | None], highlight: Sequence[str]
 ) -> str:
-    """Horizontal bars of the mean AUROC per layer (0.5 … 1.0), recommended layers bold."""
+    """Horizontal bars of the mean AUROC per layer (0.5 … 1.0), recommended layers bold;
+    a label that is not a layer index (`combined`) is shown as it is."""
     width, bar_h = 420, 20
     parts = [
         f'<svg class="layer-bars" width="{width}" '
@@ -296,7 +306,8 @@ def bars_svg(
         length = 0 if v is None else max(0.0, (v - 0.5) / 0.5) * (width - 160)
         weight = ' font-weight="bold"' if name in highlight else ""
         parts.append(
-            f'<text x="70" y="{y + 14}" text-anchor="end"{weight}>layer {_esc(name)}'
+            f'<text x="70" y="{y + 14}" text-anchor="end"{weight}>'
+            f"{'layer ' if name.isdigit() else ''}{_esc(name)}"
             f'</text><rect x="76" y="{y + 3}" width="{length:.1f}" height="{bar_h - 6}"'
             f' fill="{auroc_color(v)}" stroke="#555"/><text x="{80 + length:.1f}" '
             f'y="{y + 14}">{_fmt(v)}</text>'
@@ -353,17 +364,38 @@ def _summary(doc: dict[str, Any], layers: list[str], best_mean: int) -> str:
         f"<p>Recommended layers: <b>{_esc(', '.join(rec) or 'none')}</b> "
         f"({_esc(doc['recommendation_rule'])}). Best layer on average: "
         f"<b>{_esc(layers[best_mean]) if layers else '–'}</b>.</p>"
-        f"<h2>Mean held-out AUROC per layer</h2>"
-        f"{bars_svg(layers, doc['mean_auroc_per_layer'], rec)}</section>"
+        f"<h2>Mean held-out AUROC per layer</h2>{_combined_note(doc)}"
+        f"{bars_svg(*_with_combined(layers, doc['mean_auroc_per_layer'], doc), rec)}</section>"
+    )
+
+
+def _with_combined(
+    layers: list[str], values: list[Any], doc: dict[str, Any]
+) -> tuple[list[str], list[Any]]:
+    """Layer labels and values, plus `combined` when the report has the combined score."""
+    if "mean_combined_auroc" not in doc:
+        return layers, values
+    return [*layers, "combined"], [*values, doc["mean_combined_auroc"]]
+
+
+def _combined_note(doc: dict[str, Any]) -> str:
+    if "mean_combined_auroc" not in doc:
+        return ""
+    return (
+        "<p>combined: the manifest's combined score over all layers (Σ weights · "
+        "projection, weights fitted on the training rows only).</p>"
     )
 
 
 def _auroc_section(doc: dict[str, Any], layers: list[str]) -> str:
     per = doc["per_concept"]
-    values = [per[c]["auroc"] for c in doc["concepts"]]
+    cols, values = [f"layer {x}" for x in layers], [per[c]["auroc"] for c in doc["concepts"]]
+    if "mean_combined_auroc" in doc:
+        cols.append("combined")
+        values = [[*v, per[c].get("combined_auroc")] for v, c in zip(values, doc["concepts"])]
     svg = heatmap_svg(
         doc["concepts"],
-        [f"layer {x}" for x in layers],
+        cols,
         values,
         auroc_color,
         css_class="auroc-heatmap",
@@ -428,10 +460,12 @@ def _pca_section(doc: dict[str, Any], layers: list[str], best_mean: int) -> str:
 
 
 def _table_section(doc: dict[str, Any]) -> str:
+    combined = "mean_combined_auroc" in doc
     head = (
         "<tr><th>concept</th><th>train +</th><th>train −</th><th>held-out +</th>"
-        "<th>held-out −</th><th>best layer</th><th>AUROC</th><th>Cohen's d</th>"
-        "<th>coherence</th><th>ridge R²</th><th>nearest</th></tr>"
+        "<th>held-out −</th><th>best layer</th><th>AUROC</th>"
+        + ("<th>combined AUROC</th>" if combined else "")
+        + "<th>Cohen's d</th><th>coherence</th><th>ridge R²</th><th>nearest</th></tr>"
     )
     rows = []
     layers = doc["layers"]
@@ -453,7 +487,9 @@ def _table_section(doc: dict[str, Any]) -> str:
             f'<tr><td class="name">{_esc(c)}</td><td>{n["train_positive"]}</td>'
             f"<td>{n['train_negative']}</td><td>{n['heldout_positive']}</td>"
             f"<td>{n['heldout_negative']}</td><td>{_esc(p['best_layer'])}</td>"
-            f"<td>{_fmt(p['best_auroc'])}</td><td>{_fmt(pick(p['cohens_d']), 2)}</td>"
+            f"<td>{_fmt(p['best_auroc'])}</td>"
+            + (f"<td>{_fmt(p.get('combined_auroc'))}</td>" if combined else "")
+            + f"<td>{_fmt(pick(p['cohens_d']), 2)}</td>"
             f"<td>{_fmt(pick(p['coherence']))}</td>"
             f"<td>{_fmt(ct['r2'] if ct else None)}</td><td>{_esc(near)}</td></tr>"
         )

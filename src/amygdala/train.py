@@ -490,7 +490,15 @@ def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
                 Refit(config, corpus, acts, stats, basis, dist), train_rows, mine, std, moments
             )
         quality = (
-            evaluate(stored, corpus.concepts, layers, acts, corpus.train, corpus.heldout)
+            evaluate(
+                stored,
+                corpus.concepts,
+                layers,
+                acts,
+                corpus.train,
+                corpus.heldout,
+                combined_weights=None if combined is None else np.array(combined["weights"]),
+            )
             if config.report_dir
             else None
         )

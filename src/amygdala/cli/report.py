@@ -135,6 +135,8 @@ def _print_summary(json_path: Path) -> None:
         for layer, m in zip(doc["layers"], doc["mean_auroc_per_layer"])
     )
     print(f"mean held-out AUROC per layer: {means}")
+    if doc.get("mean_combined_auroc") is not None:
+        print(f"mean held-out AUROC of the combined score: {doc['mean_combined_auroc']:.3f}")
     print(f"recommended layers: {doc['recommended_layers']}")
     for line in doc["warnings"]:
         print(f"warning: {line}")
