@@ -281,10 +281,14 @@ def check_tokens(lm: Any, art: Any, prompt: list[int], choices: list[dict[str, A
     gen = [c["token_id"] for c in choices]
     assert gen, "no generated token"
     ref = readout_ids(lm, art, prompt + gen)
+    weights = np.array(art.manifest["combined"]["weights"])
     for k, choice in enumerate(choices):
         pos = len(prompt) - 1 + k
         np.testing.assert_allclose(choice["readout"], ref.raw[pos].numpy(), atol=RAW_TOL)
         np.testing.assert_allclose(choice["readout_z"], ref.z[pos].numpy(), atol=Z_TOL)
+        # the combined score rides along: Σ_l weights[l] · readout[l] of this very chunk
+        want = (np.asarray(choice["readout"], dtype=np.float64) * weights).sum(axis=0)
+        np.testing.assert_allclose(choice["readout_combined"], want, rtol=1e-5, atol=1e-5)
 
 
 def prompt_ids(lm: Any, text: str) -> list[int]:
@@ -336,6 +340,9 @@ def test_concurrent_streams_match_offline_readout(server: str, lm: Any, art: Any
     ref = readout_ids(lm, art, ids)
     np.testing.assert_allclose(first["readout"], ref.raw.numpy(), atol=RAW_TOL)
     np.testing.assert_allclose(first["readout_z"], ref.z.numpy(), atol=Z_TOL)
+    weights = np.array(art.manifest["combined"]["weights"])
+    want = (np.asarray(first["readout"], dtype=np.float64) * weights).sum(axis=1)
+    np.testing.assert_allclose(first["readout_combined"], want, rtol=1e-5, atol=1e-5)
 
 
 def test_chat_stream_matches_offline_readout(server: str, lm: Any, art: Any) -> None:
@@ -370,8 +377,13 @@ def test_whole_response_with_two_prompts_and_two_choices(server: str, lm: Any, a
         prompt = [SHORT, "Why"][choice["index"] // 2]
         assert choice["prompt_token_ids"] == prompt_ids(lm, prompt)
         per_token = [
-            {"token_id": t, "readout": r, "readout_z": z}
-            for t, r, z in zip(choice["token_ids"], choice["readout"], choice["readout_z"])
+            {"token_id": t, "readout": r, "readout_z": z, "readout_combined": c}
+            for t, r, z, c in zip(
+                choice["token_ids"],
+                choice["readout"],
+                choice["readout_z"],
+                choice["readout_combined"],
+            )
         ]
         check_tokens(lm, art, choice["prompt_token_ids"], per_token)
         assert choice["tokens"] == [lm.tokenizer.decode([t]) for t in choice["token_ids"]]
@@ -437,8 +449,13 @@ def test_prefix_cache_and_prompt_readouts(server: str, lm: Any, art: Any) -> Non
     for out in outs:
         choice = out["choices"][0]
         per_token = [
-            {"token_id": t, "readout": r, "readout_z": z}
-            for t, r, z in zip(choice["token_ids"], choice["readout"], choice["readout_z"])
+            {"token_id": t, "readout": r, "readout_z": z, "readout_combined": c}
+            for t, r, z, c in zip(
+                choice["token_ids"],
+                choice["readout"],
+                choice["readout_z"],
+                choice["readout_combined"],
+            )
         ]
         check_tokens(lm, art, ids, per_token)
     whole = httpx.post(
@@ -490,6 +507,9 @@ def test_same_readouts_as_amygdala_serve(
             for a, b in zip(ours, theirs):
                 np.testing.assert_allclose(a["readout"], b["readout"], atol=1e-4)
                 np.testing.assert_allclose(a["readout_z"], b["readout_z"], atol=2e-3)
+                np.testing.assert_allclose(
+                    a["readout_combined"], b["readout_combined"], rtol=1e-3, atol=2e-3
+                )
 
 
 @pytest.mark.skipif(TMUX is None, reason="no tmux on PATH (Debian: apt-get install tmux)")
@@ -514,10 +534,15 @@ def test_watch_works_against_vllm(server: str, tmp_path: Path) -> None:
         shown = pane.wait_for(r"done \(length\)")
         body = {"model": "m", "prompt": prompt, "max_tokens": 12, "temperature": 0}
         ref = httpx.post(f"{server}/v1/completions", json=body, headers=AUTH, timeout=60).json()
-        concepts = httpx.get(f"{server}/v1/readout/manifest", headers=AUTH).json()["concepts"]
-        last_z = dict(zip(concepts, ref["choices"][0]["readout_z"][-1][LAYERS.index(3)]))
-        assert "layer 3 · z-scores" in shown
-        assert bars(shown) == pytest.approx({c: round(v, 2) for c, v in last_z.items()}, abs=0.011)
+        manifest = httpx.get(f"{server}/v1/readout/manifest", headers=AUTH).json()
+        # the manifest has a combined score, so watch shows it first: its z of the last token
+        comb = manifest["combined"]
+        last = np.asarray(ref["choices"][0]["readout_combined"][-1], dtype=np.float64)
+        last_z = dict(zip(manifest["concepts"], (last - comb["mean"]) / np.array(comb["std"])))
+        assert "combined · z-scores" in shown
+        assert bars(shown) == pytest.approx(
+            {c: round(float(v), 2) for c, v in last_z.items()}, abs=0.011
+        )
     finally:
         pane.kill()
 
