@@ -359,12 +359,13 @@ class Readout:
     def pooled(self, values: Tensor | None = None, *, layer: LayerChoice | None = None) -> Tensor:
         """Mean over the kept positions (the trainer's mean-pooled projection).
 
-        Without `layer`: `[L, C]` of `values` (by default `raw`). With a layer index: that
-        layer's `[C]`. With `layer="combined"`: `[C]`, the mean of `values` `[T, C]` (by
-        default `combined`), which equals `Σ_l weights[l] · pooled()[l]`.
+        Without `layer`: the mean of `values` (by default `raw`: `[L, C]`; any `[T, …]`
+        works). With a layer index: that layer's `[C]`. With `layer="combined"`: `[C]`,
+        the mean of `values` `[T, C]` (by default `combined`), which equals
+        `Σ_l weights[l] · pooled()[l]`.
         """
         if layer == COMBINED:
-            values = self._combined(values, "combined")
+            values = self._combined() if values is None else values
         elif values is None:
             values = self.raw
         keep = torch.tensor(self.keep, dtype=torch.bool)
@@ -393,14 +394,11 @@ class Readout:
         order = torch.argsort(row, descending=True)[:k].tolist()
         return [(self.concepts[c], float(row[c])) for c in order]
 
-    def _combined(self, values: Tensor | None, name: str) -> Tensor:
-        if values is not None:
-            return values
+    def _combined(self) -> Tensor:
         if self.combined is None:
             raise ConfigError(
-                f"no {name} score: the manifest has no 'combined' entry (trained before it "
-                "existed, or with --no-combined); retrain, or pick a layer "
-                f"{list(self.layers)}"
+                "no combined score: the manifest has no 'combined' entry (trained before it "
+                f"existed, or with --no-combined); retrain, or pick a layer {list(self.layers)}"
             )
         return self.combined
 

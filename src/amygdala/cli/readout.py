@@ -163,8 +163,8 @@ def print_tables(ro: Readout, layer: LayerChoice, top: int) -> None:
     summary.add_column("raw", justify="right")
     if z is not None:
         summary.add_column("z", justify="right")
-    pooled_raw = ro.pooled(raw, layer="combined")  # the mean of a [T, C] view
-    pooled_z = None if z is None else ro.pooled(z, layer="combined")
+    pooled_raw = ro.pooled(raw)  # the mean over the kept tokens of this [T, C] view
+    pooled_z = None if z is None else ro.pooled(z)
     for name, _ in ro.top(layer, top):
         c = ro.concepts.index(name)
         row = [name, f"{float(pooled_raw[c]):+.3f}"]
