@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,10 @@ def _read_jsonl_rows(path: Path, problems: list[str]) -> list[dict[str, object]]
     return rows
 
 
-def _row_fact(row: dict[str, object], default_concept: str) -> tuple[str, str, int, str | None]:
+_Fact = tuple[str, str, int, str | None]  # (text, concept, label, split) of one usable row
+
+
+def _row_fact(row: Mapping[str, object], default_concept: str | None) -> _Fact:
     """(text, concept, label, split) of one row; raises ValueError with the reason."""
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -158,16 +162,56 @@ def _row_fact(row: dict[str, object], default_concept: str) -> tuple[str, str, i
 def load_training_dir(root: Path) -> Corpus:
     """Read every `<emotion>.jsonl` in `root` (see the module docstring)."""
     builder = _Builder(source=f"training-data:{root}")
-    facts = []
+    facts: list[_Fact] = []
     for path in sorted(root.glob("*.jsonl")):
         for row in _read_jsonl_rows(path, builder.problems):
-            try:
-                facts.append(_row_fact(row, path.stem))
-            except ValueError as exc:
-                builder.problems.append(f"{row['_where']}: {exc}, skipped")
+            _check_row(row, path.stem, str(row["_where"]), facts, builder.problems)
+    return _build_from_facts(builder, facts, f"{root}: no usable rows in any *.jsonl file")
+
+
+def corpus_from_rows(rows: Iterable[Mapping[str, object]], source: str = "rows") -> Corpus:
+    """Training-data rows held in memory → `Corpus`, checked like a `<emotion>.jsonl` file's.
+
+    Each row is a mapping with the training-data fields `emotion`, `polarity`
+    (`"positive"`/`"negative"`), `text` and optionally `split` (`"train"`/`"heldout"`);
+    other fields (`key`, `score`) are allowed. A bad row is skipped and listed in
+    `Corpus.problems` as `rows[i]: <why>, skipped`, with the reasons a file row gets.
+
+    Example:
+        >>> c = corpus_from_rows([{"emotion": "joy", "polarity": "positive", "text": "Yes!"},
+        ...                       {"emotion": "joy", "polarity": "negative", "text": "No."}])
+        >>> c.counts()
+        {'joy': (1, 1)}
+    """
+    builder = _Builder(source=source)
+    facts: list[_Fact] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Mapping):
+            _check_row(row, None, f"rows[{i}]", facts, builder.problems)
+        else:
+            builder.problems.append(f"rows[{i}]: not a dict (got {type(row).__name__}), skipped")
+    return _build_from_facts(builder, facts, f"{source}: no usable rows")
+
+
+def _check_row(
+    row: Mapping[str, object],
+    default_concept: str | None,
+    where: str,
+    facts: list[_Fact],
+    problems: list[str],
+) -> None:
+    """Append the row's fact to `facts`, or `where: <why>, skipped` to `problems`."""
+    try:
+        facts.append(_row_fact(row, default_concept))
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}, skipped")
+
+
+def _build_from_facts(builder: _Builder, facts: list[_Fact], nothing: str) -> Corpus:
+    """The usable rows → Corpus; `split` counts only when some row has one."""
     if not facts:
         detail = f" ({len(builder.problems)} rows skipped)" if builder.problems else ""
-        raise CorpusError(f"{root}: no usable rows in any *.jsonl file{detail}")
+        raise CorpusError(f"{nothing}{detail}")
     any_split = any(split is not None for *_, split in facts)
     for text, concept, label, split in facts:
         builder.add(text, concept, label, heldout=any_split and split == "heldout")
