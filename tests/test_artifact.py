@@ -134,7 +134,7 @@ def _write_raw(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str
 CORRUPTIONS = {
     "truncated": "not a readable safetensors file",
     "garbage": "not a readable safetensors file",
-    "missing": "does not exist",
+    "missing": "no such file",
     "manifest-json": "is not valid JSON",
     "concepts": "(n_concepts, hidden_size) (3, 4)",
     "layers": "manifest says [1, 2]",

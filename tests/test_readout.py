@@ -6,6 +6,7 @@ Hugging Face `output_hidden_states`, and z-scores recomputed in numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -24,7 +25,7 @@ from amygdala.capture import capture_texts
 from amygdala.cli import main
 from amygdala.errors import ArtifactError, ConfigError
 from amygdala.models import load_model
-from amygdala.readout import readout, readout_ids
+from amygdala.readout import Projector, readout, readout_ids
 from amygdala.train import TrainConfig, train
 
 CONCEPTS = ["warmth", "fear", "joy", "calm"]
@@ -228,9 +229,10 @@ def test_readout_errors_are_clear(llama: Any, llama_artifact: Any, tmp_path: Pat
     with pytest.raises(ConfigError, match="layer 2 is not in the artifact"):
         readout(llama, llama_artifact, "hi").top(2)
     bad = dict(llama_artifact.manifest, calibration={"mean": [[0.0]], "std": [[1.0]]})
-    save_artifact(llama_artifact.vectors, bad, tmp_path / "b.safetensors")
     with pytest.raises(ArtifactError, match=r"calibration mean is \(1, 1\), expected"):
-        readout(llama, load_artifact(tmp_path / "b.safetensors"), "hi")
+        save_artifact(llama_artifact.vectors, bad, tmp_path / "b.safetensors")
+    with pytest.raises(ArtifactError, match=r"calibration mean is \(1, 1\), expected"):
+        Projector(dataclasses.replace(llama_artifact, manifest=bad))
 
 
 def test_truncation_is_reported(llama: Any, llama_artifact: Any) -> None:

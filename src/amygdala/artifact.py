@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amygdala._io import atomic_write_bytes, atomic_write_json
+from amygdala._io import atomic_write_files, json_bytes
+from amygdala._text import JSONError, parse_json, read_file_bytes, read_json_file
 from amygdala.errors import ArtifactError
 
 FORMAT = "amygdala-readout/1"
@@ -101,8 +102,7 @@ def save_artifact(
         for layer, v in vectors.items()
     }
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(manifest, sort_keys=True)})
-    atomic_write_bytes(vec_path, blob)
-    atomic_write_json(man_path, manifest)
+    atomic_write_files([(vec_path, blob), (man_path, json_bytes(manifest))])  # both or neither
     return vec_path, man_path
 
 
@@ -119,21 +119,112 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
     elif len(set(concepts)) != len(concepts):
         dupes = sorted({c for c in concepts if concepts.count(c) > 1})
         problems.append(f"manifest 'concepts' has duplicates: {dupes}")
-    if not isinstance(layers, list) or not all(isinstance(x, int) and x >= 0 for x in layers):
-        problems.append("manifest 'layers' must be a list of non-negative integers")
+    if not isinstance(layers, list) or not all(_is_int(x) and x >= 0 for x in layers):
+        problems.append(
+            f"manifest 'layers' must be a list of non-negative integers, got {_short(layers)}"
+        )
         layers = []
     elif len(set(layers)) != len(layers):
         problems.append(f"manifest 'layers' has duplicates: {layers}")
-    if not isinstance(hidden, int) or hidden < 1:
-        problems.append(f"manifest 'hidden_size' must be a positive integer, got {hidden!r}")
+    if not _is_int(hidden) or hidden < 1:
+        problems.append(f"manifest 'hidden_size' must be a positive integer, got {_short(hidden)}")
     if dtype not in VECTOR_DTYPES:
         problems.append(f"manifest 'dtype' {dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
     if set(vectors) != set(layers):
         problems.append(f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}")
     for layer in sorted(set(vectors) & set(layers)):
         problems.extend(_check_layer(layer, vectors[layer], len(concepts), hidden, dtype))
+    problems.extend(check_calibration(manifest))
     problems.extend(check_combined(manifest))
     return problems
+
+
+def _is_int(value: object) -> bool:
+    """A JSON integer: `True` is an `int` in Python, but `layers: [true, 3]` is garbage."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _numbers(value: object, ndim: int) -> np.ndarray | str:
+    """`value` as a float64 array when it is (nested) lists of JSON numbers (not bools,
+    not strings), else why not (completing "manifest calibration mean …")."""
+
+    def numbers(v: object) -> bool:
+        if isinstance(v, list):
+            return all(numbers(x) for x in v)  # depth bounded by MAX_JSON_DEPTH
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(value, list) or not numbers(value):
+        return "must be numbers, as a list" + (" of lists" if ndim == 2 else "")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except ValueError:
+        return "has rows of different lengths"
+    except OverflowError:
+        return "holds a number too large for a float"
+
+
+def _check_stats(
+    entry: Mapping[str, Any],
+    what: str,
+    shapes: dict[str, tuple[tuple[int, ...], str]],
+    fix: str,
+    concepts: list[Any],
+    *,
+    std_zero_ok: bool,
+) -> list[str]:
+    """Problems with the number lists of a calibration-like manifest entry: each
+    `entry[key]` has exactly `shapes[key]` (shape, how it is named), finite numbers, and
+    `std` is > 0 (>= 0 with `std_zero_ok`)."""
+    problems = []
+    for key, (shape, names) in shapes.items():
+        if key not in entry:
+            problems.append(f"manifest {what!r} lacks {key!r}{fix}")
+            continue
+        values = _numbers(entry[key], len(shape))
+        if isinstance(values, str):
+            problems.append(f"manifest {what} {key} {values}{fix}")
+        elif values.shape != shape:
+            problems.append(f"manifest {what} {key} is {values.shape}, expected {names} {shape}{fix}")
+        elif not np.isfinite(values).all():
+            problems.append(f"manifest {what} {key} holds NaN/Inf{fix}")
+        elif key == "std":
+            bad_mask = values < 0 if std_zero_ok else values <= 0
+            if bad_mask.any():
+                cols = sorted(set(np.nonzero(bad_mask)[-1].tolist()))
+                bad = [concepts[c] for c in cols if c < len(concepts)]
+                bound = ">= 0" if std_zero_ok else "> 0"
+                problems.append(f"manifest {what} std must be {bound} (not for {bad}){fix}")
+    return problems
+
+
+def _runtime_sizes(manifest: Mapping[str, Any]) -> tuple[int, int, list[Any]]:
+    """(n_layers, n_concepts, concepts) as far as the manifest says (0 / [] when garbage)."""
+    layers, concepts = manifest.get("layers"), manifest.get("concepts")
+    n_layers = len(layers) if isinstance(layers, list) else 0
+    names = concepts if isinstance(concepts, list) else []
+    return n_layers, len(names), names
+
+
+def check_calibration(manifest: Mapping[str, Any]) -> list[str]:
+    """Problems with the optional `calibration` entry (empty when absent or valid): `mean`
+    and `std` `[n_layers][n_concepts]`, finite numbers, std >= 0 (a concept whose
+    reference has no spread reads z = 0, see `amygdala.readout.Projector`)."""
+    entry = manifest.get("calibration")
+    if entry is None:  # absent (or null): raw values only
+        return []
+    fix = "; retrain, or delete 'calibration' from the manifest for raw values only"
+    if not isinstance(entry, Mapping):
+        return [f"manifest 'calibration' must be an object{fix}"]
+    n_layers, n_concepts, concepts = _runtime_sizes(manifest)
+    shape = ((n_layers, n_concepts), "(n_layers, n_concepts)")
+    return _check_stats(
+        entry, "calibration", {"mean": shape, "std": shape}, fix, concepts, std_zero_ok=True
+    )
 
 
 def check_combined(manifest: Mapping[str, Any]) -> list[str]:
@@ -145,33 +236,19 @@ def check_combined(manifest: Mapping[str, Any]) -> list[str]:
     fix = "; retrain, or delete 'combined' from the manifest to read layers only"
     if not isinstance(entry, Mapping):
         return [f"manifest 'combined' must be an object{fix}"]
-    layers, concepts = manifest.get("layers"), manifest.get("concepts")
-    n_layers = len(layers) if isinstance(layers, list) else 0
-    n_concepts = len(concepts) if isinstance(concepts, list) else 0
-    problems = []
-    for key, shape in (
-        ("weights", (n_layers, n_concepts)),
-        ("mean", (n_concepts,)),
-        ("std", (n_concepts,)),
-    ):
-        if key not in entry:
-            problems.append(f"manifest 'combined' lacks {key!r}{fix}")
-            continue
-        try:
-            values = np.asarray(entry[key], dtype=np.float64)
-        except (TypeError, ValueError):
-            problems.append(f"manifest combined {key} must be numbers{fix}")
-            continue
-        if values.shape != shape:
-            names = "(n_layers, n_concepts)" if key == "weights" else "(n_concepts,)"
-            problems.append(
-                f"manifest combined {key} is {values.shape}, expected {names} {shape}{fix}"
-            )
-        elif not np.isfinite(values).all():
-            problems.append(f"manifest combined {key} holds NaN/Inf{fix}")
-        elif key == "std" and not (values > 0).all():
-            bad = [concepts[i] for i in np.flatnonzero(values <= 0)] if concepts else []
-            problems.append(f"manifest combined std must be > 0 (not for {bad}){fix}")
+    n_layers, n_concepts, concepts = _runtime_sizes(manifest)
+    problems = _check_stats(
+        entry,
+        "combined",
+        {
+            "weights": ((n_layers, n_concepts), "(n_layers, n_concepts)"),
+            "mean": ((n_concepts,), "(n_concepts,)"),
+            "std": ((n_concepts,), "(n_concepts,)"),
+        },
+        fix,
+        concepts,
+        std_zero_ok=False,
+    )
     if entry.get("unit", "token") != "token":
         problems.append(f"manifest combined unit {entry.get('unit')!r}: only 'token' is known")
     return problems
@@ -247,37 +324,42 @@ def validate_artifact(path: str | Path, manifest_path: str | Path | None = None)
     return inspect_artifact(path, manifest_path)[1]
 
 
+def _folder_hint(path: Path, name: str) -> str:
+    inside = path / name
+    return f"; pass {inside}" if inside.is_file() else f"; pass the {name} file"
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    if not path.is_file():
-        raise ArtifactError(f"{path} does not exist")
+    data = read_file_bytes(
+        path, error=ArtifactError, folder_hint=_folder_hint(path, "readout.safetensors")
+    )
     try:
-        data = path.read_bytes()
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        header = parse_json(data[8 : 8 + header_len].decode("utf-8"))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ArtifactError(
             f"{path} is not a readable safetensors file ({exc}); it may be "
             "truncated or corrupt: retrain or copy it again"
         ) from None
-    meta = header.get("__metadata__") or {}
-    embedded = None
+    meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+    embedded: object = None
     if METADATA_KEY in meta:
         try:
-            embedded = json.loads(meta[METADATA_KEY])
-        except json.JSONDecodeError:
+            embedded = parse_json(meta[METADATA_KEY])
+        except (JSONError, TypeError):
             raise ArtifactError(f"{path}: embedded manifest is not valid JSON") from None
-    return tensors, embedded
+        if not isinstance(embedded, dict):
+            raise ArtifactError(f"{path}: embedded manifest is not a JSON object")
+        return tensors, embedded
+    return tensors, None
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})") from None
+    manifest = read_json_file(path, error=ArtifactError, folder_hint=_folder_hint(path, "readout.json"))
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} must hold a JSON object")
     return manifest

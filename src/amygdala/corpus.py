@@ -15,15 +15,21 @@ negative for many, and it runs through the model once.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from amygdala._text import (
+    JSONError,
+    has_lone_surrogate,
+    jsonl_values,
+    read_file_bytes,
+    read_text_file,
+)
 from amygdala.errors import CorpusError
 
 POSITIVE, NEGATIVE, UNLABELED = 1, -1, 0
@@ -103,8 +109,13 @@ class _Builder:
 def load_corpus(path: str | Path) -> Corpus:
     """Load a training-data directory or a stories corpus, detecting which one it is."""
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise CorpusError(
+            f"training data directory {root} is a file, not a directory; pass the folder "
+            "that holds the <emotion>.jsonl files (or stories/, paired/, direct/)"
+        )
     if not root.is_dir():
-        raise CorpusError(f"training data directory {root} does not exist or is not a directory")
+        raise CorpusError(f"training data directory {root} does not exist")
     if any(root.glob("*.jsonl")):
         return load_training_dir(root)
     if any((root / sub).is_dir() for sub in ("stories", "paired", "direct")):
@@ -114,24 +125,21 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 def _read_jsonl_rows(path: Path, problems: list[str]) -> list[dict[str, object]]:
+    data = read_file_bytes(
+        path, error=CorpusError,
+        folder_hint="; a training-data directory holds <emotion>.jsonl files: move the rows "
+        "into a file or remove the folder",
+    )
     rows = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append(f"{path.name}:{lineno}: not valid UTF-8, skipped")
-                continue
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path.name}:{lineno}: not valid JSON ({exc.msg}), skipped")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{path.name}:{lineno}: not a JSON object, skipped")
-                continue
-            row["_where"] = f"{path.name}:{lineno}"
-            rows.append(row)
+    for lineno, row in jsonl_values(data):
+        if isinstance(row, JSONError):
+            problems.append(f"{path.name}:{lineno}: {row}, skipped")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path.name}:{lineno}: not a JSON object, skipped")
+            continue
+        row["_where"] = f"{path.name}:{lineno}"
+        rows.append(row)
     return rows
 
 
@@ -143,6 +151,8 @@ def _row_fact(row: Mapping[str, object], default_concept: str | None) -> _Fact:
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("missing or empty 'text'")
+    if has_lone_surrogate(text):
+        raise ValueError("'text' holds a lone surrogate (a \\ud800-style escape), not Unicode text")
     concept = row.get("emotion", default_concept)
     if not isinstance(concept, str) or not _NAME_RE.match(normalize_concept(concept)):
         raise ValueError(f"bad 'emotion' {concept!r}")
@@ -210,20 +220,28 @@ def _check_row(
 def _build_from_facts(builder: _Builder, facts: list[_Fact], nothing: str) -> Corpus:
     """The usable rows → Corpus; `split` counts only when some row has one."""
     if not facts:
-        detail = f" ({len(builder.problems)} rows skipped)" if builder.problems else ""
-        raise CorpusError(f"{nothing}{detail}")
+        raise CorpusError(nothing + _skipped_detail(builder.problems))
     any_split = any(split is not None for *_, split in facts)
     for text, concept, label, split in facts:
         builder.add(text, concept, label, heldout=any_split and split == "heldout")
     return builder.build()
 
 
+def _skipped_detail(problems: Sequence[str], shown: int = 3) -> str:
+    """` (N rows skipped): <the first few reasons>`, or "" without problems: an error
+    that only counts skipped rows leaves the user to guess why."""
+    if not problems:
+        return ""
+    reasons = "; ".join(p.removesuffix(", skipped") for p in problems[:shown])
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f" ({len(problems)} rows skipped): {reasons}{more}"
+
+
 def read_paragraphs(path: Path) -> list[str]:
     """Paragraphs of a text file (blank-line separated), whitespace-normalized per line."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    raw = read_text_file(
+        path, error=CorpusError, folder_hint="; a stories corpus holds <emotion>.txt files"
+    )
     blocks = re.split(r"\n\s*\n", raw.replace("\r\n", "\n"))
     return [" ".join(line.strip() for line in b.strip().splitlines()) for b in blocks if b.strip()]
 

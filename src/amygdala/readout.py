@@ -82,23 +82,13 @@ class Calibration:
         cal = manifest.get("calibration")
         if cal is None:
             return None
-        shape = (len(manifest["layers"]), len(manifest["concepts"]))
-        try:
-            mean = torch.tensor(cal["mean"], dtype=torch.float32)
-            std = torch.tensor(cal["std"], dtype=torch.float32)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(
-                f"manifest 'calibration' needs numeric 'mean' and 'std' lists "
-                f"({exc}); retrain, or delete 'calibration' for raw values only"
-            ) from None
-        for name, t in (("mean", mean), ("std", std)):
-            if tuple(t.shape) != shape:
-                raise ArtifactError(
-                    f"manifest calibration {name} is {tuple(t.shape)}, expected "
-                    f"(n_layers, n_concepts) {shape}"
-                )
-            if not bool(torch.isfinite(t).all()):
-                raise ArtifactError(f"manifest calibration {name} holds NaN/Inf")
+        from amygdala.artifact import check_calibration
+
+        problems = check_calibration(manifest)
+        if problems:
+            raise ArtifactError("; ".join(problems))
+        mean = torch.tensor(cal["mean"], dtype=torch.float32)
+        std = torch.tensor(cal["std"], dtype=torch.float32)
         return cls(reference=str(cal.get("reference", "")), mean=mean, std=std)
 
 

@@ -2,7 +2,9 @@
 
 A user's export is rarely perfect, so one bad record never stops the read: it is
 skipped and reported with its location (`line 17: not valid JSON …`). Only a file that
-is missing, unreadable, or holds no usable record at all raises `GraphError`.
+is missing, unreadable, not a regular file (a directory, a FIFO), nested deeper than
+`MAX_JSON_DEPTH` (a JSON array), or holds no usable record at all raises `GraphError`
+(read through `amygdala._text`, like every file amygdala reads).
 
 Rules (DESIGN.md, "Memory graph"): a later record with the same key supersedes an
 earlier one (counted in `superseded`); a record with `"deleted": true` removes its key
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amygdala._text import JSONError, decode_utf8, jsonl_values, parse_json, read_file_bytes
 from amygdala.errors import GraphError
 from amygdala.graph.nodes import GraphRead, Node
 
@@ -111,41 +114,19 @@ def parse_record(obj: object, where: str) -> _Record:
 
 def _jsonl_values(data: bytes) -> Iterator[tuple[str, object | Exception]]:
     """(where, decoded value or the error) for every non-blank line."""
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # UTF-8 byte order mark
-        if not raw.strip():
-            continue
-        where = f"line {lineno}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield where, ValueError(f"not valid UTF-8 (byte {exc.start + 1} of the line)")
-            continue
-        try:
-            yield where, json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield where, ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})")
-        except RecursionError:
-            yield where, ValueError("not usable JSON (nested too deeply)")
+    for lineno, value in jsonl_values(data):
+        yield f"line {lineno}", value
 
 
 def _array_values(data: bytes, path: Path) -> Iterator[tuple[str, object | Exception]]:
+    text = decode_utf8(data, label=f"--graph {path}", error=GraphError)
     try:
-        values = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
+        values = parse_json(text)
+    except JSONError as exc:
         raise GraphError(
-            f"--graph {path}: not valid UTF-8 at byte {exc.start}; a graph export must be "
-            "UTF-8 JSONL or a JSON array"
+            f"--graph {path}: starts with '[' but is not a valid JSON array ({exc}); fix "
+            "it or export JSONL, one node per line, where a bad line only skips that node"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise GraphError(
-            f"--graph {path}: starts with '[' but is not a valid JSON array ({exc.msg} at "
-            f"line {exc.lineno} column {exc.colno}); fix it or export JSONL, one "
-            "node per line, where a bad line only skips that node"
-        ) from None
-    except RecursionError:
-        raise GraphError(f"--graph {path}: JSON nested too deeply to read") from None
     if not isinstance(values, list):
         raise GraphError(f"--graph {path}: the top-level JSON value is not an array of nodes")
     for index, value in enumerate(values, start=1):
@@ -168,14 +149,10 @@ class FileSource:
     def read(self) -> GraphRead:
         """Read the whole export (see the module docstring for the rules)."""
         path = Path(self.path)
-        if path.is_dir():
-            raise GraphError(f"--graph {path} is a directory; pass the export file (.jsonl)")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise GraphError(f"--graph {path}: no such file") from None
-        except OSError as exc:
-            raise GraphError(f"--graph {path}: cannot read it ({exc.strerror})") from None
+        data = read_file_bytes(
+            path, label=f"--graph {path}", error=GraphError,
+            folder_hint="; pass the export file (.jsonl)",
+        )
         values = _array_values(data, path) if _looks_like_array(data) else _jsonl_values(data)
         return _collect(values, self.describe(), path)
 
