@@ -12,7 +12,7 @@ import copy
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,14 @@ from amygdala.store import ActivationStore, default_cache_dir, model_identity, t
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs; the CLI fills it from flags."""
+    """Everything one training run needs; the CLI fills it from flags.
+
+    Every path field takes a `str` or any `os.PathLike` and holds a `Path` afterwards.
+    """
 
     model: str  # Hub id, local directory, or `minilm` (the packaged MiniLM)
-    training_data_dir: Path  # training-data directory or stories corpus
+    training_data_dir: Path | None  # training-data directory or stories corpus; None when
+    #                                 the corpus is handed to `train` (e.g. in-memory rows)
     output: Path  # readout.safetensors
     manifest: Path | None = None  # by default the output path with .json
     target_layers: str = DEFAULT_LAYERS  # absolute, negative, fractions, or `all`
@@ -83,6 +87,10 @@ class TrainConfig:
     #                        off with --no-combined (refits the method once per fold)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # str / PathLike → Path, so `.is_dir()` & co. work
+            value = getattr(self, f.name)
+            if "Path" in str(f.type) and value is not None and not isinstance(value, Path):
+                object.__setattr__(self, f.name, Path(value))
         if self.pooling not in POOLINGS:
             raise ConfigError(f"--pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.vectors_dtype not in VECTOR_DTYPES:
@@ -411,19 +419,26 @@ def build_manifest(
     }
 
 
-def train(config: TrainConfig, lm: LoadedModel | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, lm: LoadedModel | None = None, corpus: Corpus | None = None
+) -> TrainResult:
     """Train readout vectors and write the artifact pair (see the module docstring).
 
     Args:
         config: the run's settings.
         lm: an already loaded model to reuse (otherwise `config.model` is loaded).
+        corpus: training data already loaded (otherwise `config.training_data_dir` is read).
 
     Example:
         train(TrainConfig(model="minilm", training_data_dir=Path("data"),
                           output=Path("out/readout.safetensors")))
     """
     check_output(config)
-    corpus, skipped = select_concepts(load_corpus(config.training_data_dir), config.min_examples)
+    if corpus is None:
+        if config.training_data_dir is None:
+            raise ConfigError("no training data: set training_data_dir, or pass a Corpus")
+        corpus = load_corpus(config.training_data_dir)
+    corpus, skipped = select_concepts(corpus, config.min_examples)
     neutral = load_neutral(config.neutral) if config.neutral else []
     dist, device = init_distributed(config.device)
     if dist.active and ("rows" in method_needs(config.method) or config.report_dir):
