@@ -123,13 +123,18 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
         problems.append(
             f"manifest 'layers' must be a list of non-negative integers, got {_short(layers)}"
         )
-        layers = []
+        layers = None
     elif len(set(layers)) != len(layers):
         problems.append(f"manifest 'layers' has duplicates: {layers}")
     if not _is_int(hidden) or hidden < 1:
         problems.append(f"manifest 'hidden_size' must be a positive integer, got {_short(hidden)}")
-    if dtype not in VECTOR_DTYPES:
-        problems.append(f"manifest 'dtype' {dtype!r} is not one of {', '.join(VECTOR_DTYPES)}")
+    if not isinstance(dtype, str) or dtype not in VECTOR_DTYPES:
+        problems.append(
+            f"manifest 'dtype' {_short(dtype)} is not one of {', '.join(VECTOR_DTYPES)}"
+        )
+        dtype = None
+    if layers is None:  # garbage: its problem is listed, comparing with it says nothing
+        return problems + check_calibration(manifest) + check_combined(manifest)
     if set(vectors) != set(layers):
         problems.append(f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}")
     for layer in sorted(set(vectors) & set(layers)):
@@ -145,7 +150,8 @@ def _is_int(value: object) -> bool:
 
 
 def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
+    """`value` as the JSON the user wrote (`true`, not `True`), cut to `limit` characters."""
+    text = json.dumps(value, default=repr)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -359,7 +365,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | N
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    manifest = read_json_file(path, error=ArtifactError, folder_hint=_folder_hint(path, "readout.json"))
+    hint = _folder_hint(path, "readout.json")
+    if not (path / "readout.json").is_file():
+        hint = "; the manifest is a JSON file: remove or rename the folder"
+    manifest = read_json_file(path, error=ArtifactError, folder_hint=hint)
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path} must hold a JSON object")
     return manifest

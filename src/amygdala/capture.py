@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amygdala._text import clean_text
 from amygdala.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -205,7 +206,9 @@ def tokenize(
 
     Special tokens (BOS, [CLS], [SEP] …, also when typed into the text) are never
     pooled; the first `pool_start` real tokens are skipped too (mean pooling "from
-    token offset k"). Texts go through the tokenizer `TOKENIZE_CHUNK` at a time.
+    token offset k"). Texts go through the tokenizer `TOKENIZE_CHUNK` at a time, lone
+    surrogates replaced by U+FFFD first (`amygdala._text.clean_text`): this is where
+    every text enters a tokenizer, for training and readout alike.
     """
     if max_length < 1:
         raise ConfigError(f"--max-length must be at least 1, got {max_length}")
@@ -224,7 +227,8 @@ def _tokenize_chunk(
     special_ids: frozenset[int],
 ) -> list[Tokenized]:
     char_cap = max(max_length * 64, 4096)  # no need to tokenize a 5 MB node in full
-    clipped = [t if len(t) <= char_cap else t[:char_cap] for t in texts]
+    # lone surrogates (a \ud800 escape, undecodable argv/stdin bytes) crash the tokenizer
+    clipped = [clean_text(t if len(t) <= char_cap else t[:char_cap]) for t in texts]
     enc = tokenizer(clipped, add_special_tokens=True, truncation=True,  # type: ignore[operator]
                     max_length=max_length, return_special_tokens_mask=True,
                     return_attention_mask=False)
@@ -247,6 +251,25 @@ def _tokenize_chunk(
                     seen += 1
         out.append(Tokenized(ids=array("i", ids), keep=bytes(keep), truncated=i in longer))
     return out
+
+
+def token_limit(lm: LoadedModel, max_length: int) -> int:
+    """`max_length`, or the model's position limit when that is smaller (a learned
+    position table such as GPT-2's or BERT's indexes out of bounds past it)."""
+    limit = lm.max_positions
+    return max_length if limit is None or max_length <= limit else limit
+
+
+def truncation_note(lm: LoadedModel, max_length: int, flag: str = "--max-length") -> str:
+    """What cut a text: `cut to --max-length 64 tokens`, or the model's limit when
+    `max_length` asks for more positions than the model has."""
+    limit = token_limit(lm, max_length)
+    if limit < max_length:
+        return (
+            f"cut to {limit} tokens, the most {lm.model_id!r} supports "
+            f"(max positions {lm.max_positions}; {flag} {max_length} asks for more)"
+        )
+    return f"cut to {flag} {max_length} tokens"
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -312,7 +335,8 @@ def capture_texts(
     stats = stats if stats is not None else CaptureStats()
     if not texts:
         return
-    toks = tokenize(lm.tokenizer, texts, max_length=max_length, pool_start=pool_start)
+    stats.token_limit = token_limit(lm, max_length)
+    toks = tokenize(lm.tokenizer, texts, max_length=stats.token_limit, pool_start=pool_start)
     stats.truncated += sum(t.truncated for t in toks)
     side: Literal["left", "right"] = padding_side or (
         "left" if getattr(lm.tokenizer, "padding_side", "right") == "left" else "right")
@@ -353,5 +377,38 @@ class CaptureStats:
     texts: int = 0
     tokens: int = 0
     forward_passes: int = 0  # model calls (one per batch)
-    truncated: int = 0  # texts cut to --max-length tokens
+    truncated: int = 0  # texts cut to --max-length tokens (or the model's limit)
     seconds: float = 0.0
+    token_limit: int = 0  # tokens a text could keep: --max-length, or the model's limit
+
+
+def explain_nonfinite(
+    lm: LoadedModel, texts: Sequence[str], *, max_length: int, pool_start: int, dtype_flag: str
+) -> str:
+    """Why every one of `texts` gave NaN/Inf pooled activations, as an error message.
+
+    Two causes look alike downstream: a text with nothing to pool (only special tokens,
+    or fewer real tokens than `pool_start`) pools to NaN by design, and fp16 overflows.
+    Re-tokenizing tells them apart, so an fp32 run is never told about fp16.
+    `dtype_flag` is the --dtype the user passed (`auto`, `fp16` …).
+    """
+    limit = token_limit(lm, max_length)
+    empty = sum(not any(t.keep) for t in tokenize(
+        lm.tokenizer, texts, max_length=limit, pool_start=pool_start))
+    why_empty = "they hold only special tokens"
+    if empty and pool_start:
+        longest = max(sum(t.keep) for t in tokenize(lm.tokenizer, texts, max_length=limit))
+        if longest:
+            why_empty = (f"--pool-start {pool_start} skips all of their real tokens (the "
+                         f"longest text has {longest}); lower --pool-start")
+    overflow = ("fp16 overflows on many models: use --dtype bf16 or fp32"
+                if lm.dtype == torch.float16 else
+                f"the model computes in {str(lm.dtype).removeprefix('torch.')} and still "
+                "gives NaN/Inf: check its weight files")
+    if empty == len(texts):
+        return f"every training text has nothing to pool: {why_empty}"
+    if not empty:
+        return f"every training text gave NaN/Inf activations with --dtype {dtype_flag}; {overflow}"
+    return (f"no training text is usable: {empty} have nothing to pool ({why_empty}) and "
+            f"{len(texts) - empty} gave NaN/Inf activations with --dtype {dtype_flag} "
+            f"({overflow})")

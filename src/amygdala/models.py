@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -51,6 +52,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     forward_params: frozenset[str]  # keyword arguments model.forward accepts
+    max_positions: int | None = None  # tokens one forward pass may hold (None: no limit known)
 
     @property
     def n_layers(self) -> int:
@@ -196,10 +198,7 @@ def load_model(
     try:
         model = loader.from_pretrained(resolved, **kwargs)
     except Exception as exc:  # foreign files fail in many ways (SafetensorError, OSError …)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelLoadError(f"cannot load model weights from {name!r}: "
-                             f"{type(exc).__name__}: {first} (truncated or corrupt weight "
-                             "files? download or copy them again)") from None
+        raise _weights_error(name, exc) from None
     if not device_map:
         model.to(dev)  # type: ignore[arg-type]
     model.eval()
@@ -209,7 +208,29 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=name, revision=revision,
                        kind=kind, blocks_path=path, blocks=blocks, hidden_size=hidden,
                        device=_first_device(model, dev), dtype=torch_dtype,
-                       forward_params=params)
+                       forward_params=params, max_positions=max_positions(config))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _weights_error(name: str, exc: Exception) -> ModelLoadError:
+    """Why the weights did not load, in one line: a pickle checkpoint the weights-only
+    loader refuses is not a corrupt file, and saying so would send the user astray."""
+    text = _ANSI.sub("", str(exc)).strip()
+    first = text.splitlines()[0] if text else ""
+    if type(exc).__name__ == "UnpicklingError" or "weights only load failed" in text.lower():
+        return ModelLoadError(
+            f"cannot load model weights from {name!r}: its pickle checkpoint "
+            "(pytorch_model.bin) holds objects other than tensors, which torch's weights-only "
+            "loader refuses (unpickling them could run code, so amygdala never does); if you "
+            "trust the file, convert it to model.safetensors (load it with torch.load and "
+            "weights_only=False, save it with safetensors.torch.save_file)"
+        )
+    return ModelLoadError(
+        f"cannot load model weights from {name!r}: {type(exc).__name__}: {first} "
+        "(truncated or corrupt weight files? download or copy them again)"
+    )
 
 
 def load_tokenizer(name: str, *, revision: str | None = None,
@@ -227,6 +248,30 @@ def load_tokenizer(name: str, *, revision: str | None = None,
         # Any id works: padded positions are masked from attention and from pooling.
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
     return tok
+
+
+_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                   "n_ctx", "max_sequence_length")
+# encoders whose position ids start after the padding index: positions pad_token_id + 1 on
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
+
+
+def max_positions(config: object) -> int | None:
+    """The longest token sequence the model's config says it supports, or None.
+
+    Learned position tables (GPT-2, BERT) index out of bounds past it, so texts are cut
+    there even when a longer --max-length is asked for (`amygdala.capture.token_limit`).
+    RoBERTa-style encoders lose `pad_token_id + 1` positions to their offset.
+    """
+    for cfg in (config, getattr(config, "text_config", None)):
+        for attr in _POSITION_ATTRS:
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                if str(getattr(cfg, "model_type", "")).lower() in _OFFSET_POSITIONS:
+                    pad = getattr(cfg, "pad_token_id", None)
+                    value -= (pad + 1) if isinstance(pad, int) and pad >= 0 else 0
+                return value if value > 0 else None
+    return None
 
 
 def _hidden_size(config: object) -> int:

@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from amygdala.capture import block_output, forward_kwargs, tokenize
+from amygdala.capture import (
+    block_output,
+    forward_kwargs,
+    token_limit,
+    tokenize,
+    truncation_note,
+)
 from amygdala.errors import ArtifactError, ConfigError
 
 if TYPE_CHECKING:
@@ -315,6 +321,7 @@ class Readout:
     concepts: tuple[str, ...]
     layers: tuple[int, ...]
     truncated: bool = False
+    truncation: str = ""  # when truncated: what cut it ("cut to --max-length 64 tokens", …)
     combined: Tensor | None = None  # [T, C] fp32, cpu
     combined_z: Tensor | None = None  # [T, C] fp32, cpu
 
@@ -478,6 +485,13 @@ def readout_ids(
         raise ConfigError("nothing to read: the text has no tokens")
     special = set(getattr(lm.tokenizer, "all_special_ids", ()))
     keep = [i not in special for i in ids] if keep is None else [bool(k) for k in keep]
+    cut = ""
+    if lm.max_positions is not None and len(ids) > lm.max_positions:  # would index past
+        cut = (  # the position table (GPT-2, BERT) or beyond what the model was trained on
+            f"cut to {lm.max_positions} tokens, the most {lm.model_id!r} supports "
+            f"({len(ids)} token ids given)"
+        )
+        ids, keep = ids[: lm.max_positions], keep[: lm.max_positions]
     projector = Projector(artifact, lm.device)
     recorder = ResidualRecorder(lm.blocks, projector.layers)
     input_ids = torch.tensor([[int(i) for i in ids]], dtype=torch.long, device=lm.device)
@@ -500,6 +514,8 @@ def readout_ids(
         layers=projector.layers,
         combined=combined,
         combined_z=combined_z,
+        truncated=bool(cut),
+        truncation=cut,
     )
 
 
@@ -516,15 +532,18 @@ def readout(
 
     Special tokens (BOS, [CLS] …) are read too but marked `keep=False`, so
     `Readout.pooled()` averages exactly the positions the trainer's mean pooling does.
-    Texts longer than `max_length` tokens are cut (`Readout.truncated`).
+    Texts longer than `max_length` tokens, or than the model's positions when those are
+    fewer, are cut (`Readout.truncated`; `Readout.truncation` says to what and why).
+    Lone surrogates in `text` read as U+FFFD (`amygdala.capture.tokenize`).
 
     Example:
         ro = readout(lm, artifact, "The lights went out.")
         ro.pooled()  # [L, C]: equals vectors · the trainer's pooled activation
     """
     lm = _as_loaded(model, device, dtype)
-    tok = tokenize(lm.tokenizer, [text], max_length=max_length)[0]
+    tok = tokenize(lm.tokenizer, [text], max_length=token_limit(lm, max_length))[0]
     result = readout_ids(lm, artifact, tok.ids, keep=tok.keep)
     if tok.truncated:
-        return dataclasses.replace(result, truncated=True)
+        note = truncation_note(lm, max_length)
+        return dataclasses.replace(result, truncated=True, truncation=note)
     return result

@@ -21,7 +21,13 @@ import torch
 
 from amygdala import __version__
 from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
-from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
+from amygdala.capture import (
+    POOLINGS,
+    CaptureStats,
+    Pooling,
+    capture_texts,
+    explain_nonfinite,
+)
 from amygdala.combine import (
     FOLDS,
     combined_calibration,
@@ -481,9 +487,13 @@ def train(
         nonfinite = int(dist.sum_array(np.array([len(acts.nonfinite)]))[0])
         if nonfinite >= len(train_rows):
             raise CaptureError(
-                f"every training text gave NaN/Inf activations with --dtype "
-                f"{config.dtype}; fp16 overflows on many models: use --dtype "
-                "bf16 or fp32"
+                explain_nonfinite(
+                    lm,
+                    [texts[r] for r in train_rows],
+                    max_length=config.max_length,
+                    pool_start=config.pool_start,
+                    dtype_flag=config.dtype,
+                )
             )
         vectors = fit_vectors(config, corpus, stats)
         basis: list[torch.Tensor] = []
@@ -682,10 +692,13 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
         f"({m['method']}, {m['pooling']} pooling) on {m['model']}",
         file=out,
     )
+    cut = "truncated to --max-length"
+    if 0 < c.token_limit < m["max_length"]:
+        cut = f"truncated to {c.token_limit} tokens (the model's limit, below --max-length)"
     print(
         f"captured {c.texts} texts / {c.tokens} tokens in {c.seconds:.1f}s "
         f"({rate:.1f} texts/s), {result.cached_texts} found in the activation cache; "
-        f"truncated to --max-length: {c.truncated}",
+        f"{cut}: {c.truncated}",
         file=out,
     )
     for concept in m["concepts"]:
@@ -694,9 +707,11 @@ def print_summary(result: TrainResult, file: Any = None) -> None:
     for concept, reason in result.skipped_concepts.items():
         print(f"  skipped {concept}: {reason}", file=out)
     if result.nonfinite_texts:
+        start = m.get("pool_start")
+        few = f", or at most --pool-start {start} real tokens" if start else ""
         print(
             f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
-            "overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens)",
+            f"overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens{few})",
             file=out,
         )
     if result.combined_note:

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from amygdala._io import atomic_directory
+from amygdala._text import read_json_file
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.nodes import GraphRead, GraphSource
 from amygdala.graph.select import (
@@ -44,6 +46,8 @@ from amygdala.graph.select import (
 
 FORMAT = "amygdala-training-data/1"
 MAX_PROBLEMS_IN_MANIFEST = 100  # problem lines kept in manifest.json (all are counted)
+MAX_LEFT_OUT_IN_MANIFEST = 100  # left-out emotions named in manifest.json (all are counted)
+SHOWN = 5  # lines of each kind the printed summary shows before "… N more"
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,10 @@ def check_output_dir(path: Path) -> None:
     if not any(path.iterdir()):
         return
     try:
-        fmt = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
+        manifest = read_json_file(path / "manifest.json", error=ConfigError)
+    except ConfigError:  # missing, a folder, not JSON …: not a directory we wrote
+        manifest = None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != FORMAT:
         raise ConfigError(
             f"--output-dir {path} exists and is not a training-data directory "
@@ -101,6 +106,17 @@ def graph_summary(read: GraphRead) -> dict[str, Any]:
     return summary
 
 
+def selection_summary(summary: SelectionSummary) -> dict[str, Any]:
+    """The selection part of the manifest summary, bounded: left-out emotions are
+    counted (`left_out_emotions`) and the first `MAX_LEFT_OUT_IN_MANIFEST` named (one
+    node with 10⁶ distinct tags must not write a 73 MB manifest)."""
+    out = summary.to_json()
+    left_out = out.pop("left_out")
+    out["left_out_emotions"] = len(left_out)
+    out["left_out"] = dict(itertools.islice(left_out.items(), MAX_LEFT_OUT_IN_MANIFEST))
+    return out
+
+
 def build_manifest(read: GraphRead, selection: Selection) -> dict[str, Any]:
     """manifest.json's content: format, source, flags, per-emotion counts, summary."""
     summary = selection.summary
@@ -109,7 +125,7 @@ def build_manifest(read: GraphRead, selection: Selection) -> dict[str, Any]:
         "source": read.source,
         "selection": selection.options.to_json(),
         "emotions": {e: c.to_json() for e, c in summary.emotions.items()},
-        "summary": {"graph": graph_summary(read), **summary.to_json()},
+        "summary": {"graph": graph_summary(read), **selection_summary(summary)},
     }
 
 
@@ -125,8 +141,10 @@ def _nothing_selected(read: GraphRead, summary: SelectionSummary) -> GraphError:
             f"{skipped}); a node needs a trailing tag line such as 'warmth:9 clarity:7' and "
             "--min-content-chars of text"
         )
-    reasons = "; ".join(f"{e}: {r}" for e, r in list(summary.left_out.items())[:5])
-    more = f" (and {len(summary.left_out) - 5} more)" if len(summary.left_out) > 5 else ""
+    shown = itertools.islice(summary.left_out.items(), SHOWN)
+    reasons = "; ".join(f"{e}: {r}" for e, r in shown)
+    n_left = len(summary.left_out)
+    more = f" (and {n_left - SHOWN} more)" if n_left > SHOWN else ""
     return GraphError(
         f"{read.source}: no emotion has enough examples — {reasons}{more}. "
         "Lower --min-positives or --min-positive-score, or pick --emotions"
@@ -185,10 +203,14 @@ def print_summary(summary: ExtractSummary, file: TextIO | None = None) -> None:
     if summary.details:
         how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.details.items())
         print(f"  read with {how}", file=out)
-    for line in summary.problems[:5]:
+    for line in summary.problems[:SHOWN]:
         print(f"  {line}", file=out)
-    if len(summary.problems) > 5:
-        print(f"  … {len(summary.problems) - 5} more in manifest.json", file=out)
+    if len(summary.problems) > SHOWN:
+        kept = min(len(summary.problems), MAX_PROBLEMS_IN_MANIFEST)
+        print(
+            f"  … {len(summary.problems) - SHOWN} more ({kept} listed in manifest.json)",
+            file=out,
+        )
     skipped = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sel.skipped.items()) or "none"
     print(f"used {sel.nodes_used} of {sel.nodes_seen} nodes; skipped: {skipped}", file=out)
     if sel.malformed_tags:
@@ -197,12 +219,21 @@ def print_summary(summary: ExtractSummary, file: TextIO | None = None) -> None:
             "nodes (reported, never used), e.g.:",
             file=out,
         )
-        for line in sel.malformed_tag_examples[:5]:
+        for line in sel.malformed_tag_examples[:SHOWN]:
             print(f"  {line}", file=out)
+        if sel.malformed_tags > SHOWN:
+            print(f"  … {sel.malformed_tags - SHOWN} more", file=out)
     print(f"  {'emotion':<20} {'positive':>9} {'negative':>9} {'heldout':>13}", file=out)
     for emotion, c in sel.emotions.items():
         held = f"{c.heldout_positive}+/{c.heldout_negative}-"
         print(f"  {emotion:<20} {c.positive:>9} {c.negative:>9} {held:>13}", file=out)
-    for emotion, reason in sel.left_out.items():
+    for emotion, reason in itertools.islice(sel.left_out.items(), SHOWN):
         print(f"  left out {emotion}: {reason}", file=out)
+    if len(sel.left_out) > SHOWN:
+        kept = min(len(sel.left_out), MAX_LEFT_OUT_IN_MANIFEST)
+        print(
+            f"  … {len(sel.left_out) - SHOWN} more emotions left out ({kept} listed in "
+            "manifest.json)",
+            file=out,
+        )
     print(f"wrote {len(sel.emotions)} emotions to {summary.output_dir}", file=out)

@@ -43,11 +43,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from amygdala._text import JSONError, parse_json
 from amygdala.graph.tags import is_tag_line
 
 ListingFormat = Literal["json", "text"]
@@ -124,8 +124,8 @@ def parse_listing(text: str) -> Listing:
 
 def _json_listing(text: str) -> Listing:
     try:
-        value = json.loads(text)
-    except ValueError as exc:
+        value = parse_json(text.lstrip("\ufeff"))
+    except JSONError as exc:
         raise FormatError(f"it starts like JSON but is not valid JSON: {exc}") from None
     items = listing_items(value)
     if items is None:
@@ -215,8 +215,8 @@ def parse_render(text: str, rule: FooterRule | None = None) -> Rendered:
     fmt: RenderFormat = "text"
     if text.lstrip("\ufeff \t\r\n").startswith("{"):
         try:
-            value = json.loads(text)
-        except ValueError:
+            value = parse_json(text.lstrip("\ufeff"))
+        except JSONError:  # not JSON after all (or nested too deeply): plain text
             value = None
         if isinstance(value, dict) and isinstance(value.get("content"), str):
             text, fmt = value["content"], "json"

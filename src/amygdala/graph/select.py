@@ -298,7 +298,10 @@ def _prepare(nodes: Sequence[Node], options: SelectionOptions) -> _Prepared:
         if parsed.bad_tokens:
             prep.bad_tokens += len(parsed.bad_tokens)
             prep.bad_nodes += 1
-            prep.bad_examples.extend(f"{key}: {b.token} ({b.reason})" for b in parsed.bad_tokens)
+            room = max(MALFORMED_EXAMPLES - len(prep.bad_examples), 0)  # only these are kept
+            prep.bad_examples.extend(
+                f"{key}: {b.token} ({b.reason})" for b in parsed.bad_tokens[:room]
+            )
         reason = _skip_reason(node, parsed, options.min_content_chars)
         if reason is None and parsed.text in by_text:
             reason = "duplicate_text"
@@ -396,8 +399,17 @@ def select(nodes: Sequence[Node], options: SelectionOptions | None = None) -> Se
     examples: dict[str, tuple[Example, ...]] = {}
     counts: dict[str, EmotionCounts] = {}
     left_out: dict[str, str] = {}
+    # one pass over every valid tag: an emotion with too few positives is left out
+    # without a scan of every node for it (linear time, also for 10⁶ distinct tags)
+    positives = Counter(
+        e for c in prep.candidates for e, s in c.scores.items() if s >= options.min_positive_score
+    )
+    none: list[Example] = []
     for emotion in wanted:
-        pos, neg, n_pos, n_neg = _emotion_rows(emotion, prep.candidates, options)
+        if positives[emotion] < options.min_positives:  # left out below, without a scan
+            pos, neg, n_pos, n_neg = none, none, positives[emotion], 0
+        else:
+            pos, neg, n_pos, n_neg = _emotion_rows(emotion, prep.candidates, options)
         reason = _left_out_reason(emotion, n_pos, n_neg, prep.seen_emotions, options)
         if reason is not None:
             left_out[emotion] = reason
