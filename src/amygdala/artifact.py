@@ -321,7 +321,8 @@ def load_artifact(path: str | Path, manifest_path: str | Path | None = None) -> 
     """
     artifact, problems = inspect_artifact(path, manifest_path)
     if problems or artifact is None:
-        raise ArtifactError(f"{path}: " + "; ".join(problems))
+        text = "; ".join(problems)  # a reading problem names the path already
+        raise ArtifactError(text if text.startswith(str(path)) else f"{path}: {text}")
     return artifact
 
 

@@ -228,13 +228,23 @@ def _build_from_facts(builder: _Builder, facts: list[_Fact], nothing: str) -> Co
 
 
 def _skipped_detail(problems: Sequence[str], shown: int = 3) -> str:
-    """` (N rows skipped): <the first few reasons>`, or "" without problems: an error
-    that only counts skipped rows leaves the user to guess why."""
+    """` (N rows skipped): <the commonest reasons, with where>`, or "" without problems:
+    an error that only counts skipped rows leaves the user to guess why."""
     if not problems:
         return ""
-    reasons = "; ".join(p.removesuffix(", skipped") for p in problems[:shown])
-    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
-    return f" ({len(problems)} rows skipped): {reasons}{more}"
+    by_reason: dict[str, list[str]] = {}
+    for line in problems:  # "joy.jsonl:3: <reason>, skipped"
+        where, _, reason = line.removesuffix(", skipped").partition(": ")
+        by_reason.setdefault(reason, []).append(where)
+    ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    parts = [
+        f"{reason} ({len(wheres)} rows, first {wheres[0]})" if len(wheres) > 1
+        else f"{wheres[0]}: {reason}"
+        for reason, wheres in ranked[:shown]
+    ]
+    if len(ranked) > shown:
+        parts.append(f"and {len(ranked) - shown} other reasons")
+    return f" ({len(problems)} rows skipped): " + "; ".join(parts)
 
 
 def read_paragraphs(path: Path) -> list[str]:
