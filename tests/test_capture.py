@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,29 @@ TEXTS = [
 ]
 
 
-def reference_pooled(lm: LoadedModel, text: str, layer: int, how: str) -> torch.Tensor:
-    """Pool one unpadded text from `output_hidden_states` (the last block: its own output,
-    since Hugging Face applies the final norm to that entry)."""
+@dataclass(frozen=True)
+class Reference:
+    """Hugging Face's own forward of one unpadded text: `output_hidden_states`, the last
+    block's own output, and which positions are real (non-special) tokens."""
+
+    hidden_states: tuple[torch.Tensor, ...]  # [T, hidden] each, embeddings first
+    last_block: torch.Tensor  # [T, hidden]
+    keep: torch.Tensor  # [T] bool
+    decoder: bool
+
+    def pooled(self, layer: int, how: str) -> torch.Tensor:
+        """Layer `layer` pooled (the last block of a decoder: its own output, since Hugging
+        Face applies the final norm to that entry)."""
+        last = len(self.hidden_states) - 2
+        hidden = self.last_block if layer == last and self.decoder else self.hidden_states[layer + 1]
+        rows = hidden[self.keep]
+        return rows.mean(0) if how == "mean" else rows[-1]
+
+
+def reference_forward(lm: LoadedModel, text: str) -> Reference:
     enc = lm.tokenizer(text, return_special_tokens_mask=True, return_tensors="pt")
-    keep = enc["special_tokens_mask"][0] == 0
-    last_block = lm.n_layers - 1
     seen: dict[str, torch.Tensor] = {}
-    handle = lm.blocks[last_block].register_forward_hook(
+    handle = lm.blocks[lm.n_layers - 1].register_forward_hook(
         lambda _m, _a, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out))
     try:
         with torch.no_grad():
@@ -37,12 +53,23 @@ def reference_pooled(lm: LoadedModel, text: str, layer: int, how: str) -> torch.
                            output_hidden_states=True)
     finally:
         handle.remove()
-    if layer == last_block and lm.kind == "decoder":
-        hidden = seen["h"][0]
-    else:
-        hidden = out.hidden_states[layer + 1][0]
-    rows = hidden[keep]
-    return rows.mean(0) if how == "mean" else rows[-1]
+    return Reference(tuple(h[0] for h in out.hidden_states), seen["h"][0],
+                     enc["special_tokens_mask"][0] == 0, lm.kind == "decoder")
+
+
+@pytest.fixture(scope="module")
+def reference() -> Callable[[LoadedModel, str], Reference]:
+    """`reference(lm, text)`: one reference forward per model and text for the whole
+    module (the tests compare every text at every layer, pooling and padding side)."""
+    cache: dict[tuple[str, str], Reference] = {}
+
+    def get(lm: LoadedModel, text: str) -> Reference:
+        key = (lm.model_id, text)  # a model id is one directory of fixed weights
+        if key not in cache:
+            cache[key] = reference_forward(lm, text)
+        return cache[key]
+
+    return get
 
 
 def run_engine(lm: LoadedModel, texts: list[str], layers: list[int], **kw: object) -> torch.Tensor:
@@ -67,19 +94,21 @@ def load(tiny_model_dirs: Callable[[str], Path]) -> Callable[[str], LoadedModel]
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("how", ["mean", "last"])
 @pytest.mark.parametrize("arch", list(TINY_ARCHS))
-def test_pooled_equals_output_hidden_states(load: Callable[[str], LoadedModel], arch: str,
-                                            how: str, side: str) -> None:
+def test_pooled_equals_output_hidden_states(load: Callable[[str], LoadedModel],
+                                            reference: Callable[[LoadedModel, str], Reference],
+                                            arch: str, how: str, side: str) -> None:
     lm = load(arch)
     layers = list(range(lm.n_layers))
     got = run_engine(lm, TEXTS, layers, pooling=how, batch_size=4, padding_side=side)
     for i, text in enumerate(TEXTS):
         for j, layer in enumerate(layers):
-            ref = reference_pooled(lm, text, layer, how)
+            ref = reference(lm, text).pooled(layer, how)
             torch.testing.assert_close(got[i, j], ref, atol=2e-5, rtol=2e-4,
                                        msg=f"{arch} {how} {side} text {i} layer {layer}")
 
 
-def test_minilm_pooled_equals_output_hidden_states(minilm_dir: Path) -> None:
+def test_minilm_pooled_equals_output_hidden_states(
+        minilm_dir: Path, reference: Callable[[LoadedModel, str], Reference]) -> None:
     lm = load_model(str(minilm_dir), device="cpu", dtype="fp32")
     assert (lm.kind, lm.n_layers, lm.hidden_size, lm.blocks_path) == ("encoder", 6, 384,
                                                                       "encoder.layer")
@@ -89,7 +118,7 @@ def test_minilm_pooled_equals_output_hidden_states(minilm_dir: Path) -> None:
             got = run_engine(lm, TEXTS, layers, pooling=how, batch_size=3, padding_side=side)
             for i, text in enumerate(TEXTS):
                 for j, layer in enumerate(layers):
-                    torch.testing.assert_close(got[i, j], reference_pooled(lm, text, layer, how),
+                    torch.testing.assert_close(got[i, j], reference(lm, text).pooled(layer, how),
                                                atol=5e-5, rtol=2e-4)
 
 
@@ -192,8 +221,9 @@ def test_truncation_counted(load: Callable[[str], LoadedModel], arch: str) -> No
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_token_sample_picks_evenly_spread_real_tokens(load: Callable[[str], LoadedModel],
-                                                      side: str) -> None:
+def test_token_sample_picks_evenly_spread_real_tokens(
+        load: Callable[[str], LoadedModel], reference: Callable[[LoadedModel, str], Reference],
+        side: str) -> None:
     """The sampled single tokens equal `output_hidden_states` at the
     floor((2j+1)·n/2k)-th real token (all of them, NaN-padded, when n < k)."""
     lm = load("llama")
@@ -205,10 +235,8 @@ def test_token_sample_picks_evenly_spread_real_tokens(load: Callable[[str], Load
         for row, i in enumerate(batch.index.tolist()):
             got[i] = batch.tokens[row, 0]  # [k, hidden]
     for i, text in enumerate(TEXTS):
-        enc = lm.tokenizer(text, return_tensors="pt", return_special_tokens_mask=True)
-        keep = enc.pop("special_tokens_mask")[0] == 0
-        with torch.no_grad():
-            real = lm.model(**enc, output_hidden_states=True).hidden_states[2][0][keep]
+        ref = reference(lm, text)
+        real = ref.hidden_states[2][ref.keep]
         n = real.shape[0]
         picks = [(2 * j + 1) * n // (2 * k) for j in range(k)] if n >= k else list(range(n))
         torch.testing.assert_close(got[i][:len(picks)], real[picks], atol=2e-5, rtol=2e-4)
