@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, byte_count_arg, describe_bytes, port_arg
+
 HELP = "serve a memory graph file over MCP (streamable HTTP or stdio), read-only"
 DESCRIPTION = """\
 Serve a memory graph file (JSONL export, or a JSON array) as an MCP server over
@@ -54,9 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_arg,
         default=None,
-        help=f"port to listen on; 0 picks a free one; default {DEFAULT_PORT}",
+        help=f"port to listen on, 0…65535; 0 picks a free one; default {DEFAULT_PORT}",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=byte_count_arg,
+        default=None,
+        metavar="N",
+        help="larger request bodies get 413 before they are read; by default "
+        f"{describe_bytes(DEFAULT_MAX_REQUEST_BYTES)}; K, M, G suffixes work (64M)",
     )
     parser.add_argument(
         "--path", default=DEFAULT_PATH, help=f"the MCP endpoint path; default {DEFAULT_PATH}"
@@ -86,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--render-delay must be >= 0, got {args.render_delay}")
     if args.stdio:
         path = args.path if args.path != DEFAULT_PATH else None
-        flags_given = (("--host", args.host), ("--port", args.port), ("--path", path))
+        flags_given = (
+            ("--host", args.host),
+            ("--port", args.port),
+            ("--path", path),
+            ("--max-request-bytes", args.max_request_bytes),
+        )
         given = [flag for flag, value in flags_given if value is not None]
         if given:
             flags = ", ".join(given)
@@ -95,13 +110,11 @@ def run(args: argparse.Namespace) -> int:
             )
         serve_stdio(args.graph, args.token_env, render_delay=args.render_delay)
         return 0
-    port = DEFAULT_PORT if args.port is None else args.port
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be 0…65535, got {port}")
     config = ServeConfig(
         graph=args.graph,
         host="127.0.0.1" if args.host is None else args.host,
-        port=port,
+        port=DEFAULT_PORT if args.port is None else args.port,
+        max_request_bytes=args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
         path=args.path,
         token_env=args.token_env,
         render_delay=args.render_delay,

@@ -32,19 +32,21 @@ import asyncio
 import hmac
 import json
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, bind
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.filesource import FileSource
 from amygdala.graph.nodes import GraphRead, Node
 from amygdala.graph.query import QueryError, SortStage, query_nodes
 
 if TYPE_CHECKING:
+    import socket
+
     from mcp.server.mcpserver import MCPServer
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -248,10 +250,12 @@ class ServeConfig:
     path: str = DEFAULT_PATH  # the MCP endpoint path
     token_env: str = DEFAULT_TOKEN_ENV  # env var whose value, when set, is the bearer token
     render_delay: float = 0.0  # testing aid: seconds each memory_render waits
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413 unread
 
 
 def build_app(graph: MemoryGraph, config: ServeConfig, token: str | None) -> ASGIApp:
-    """The Starlette app for `config`, wrapped in the bearer check when a token is set.
+    """The Starlette app for `config`, behind the request-size cap (413 with a JSON-RPC
+    error), and behind the bearer check when a token is set.
 
     Stateless with plain JSON answers: a read-only server never calls back into the
     client, so it keeps no sessions (a restarted server serves old clients at once),
@@ -263,24 +267,16 @@ def build_app(graph: MemoryGraph, config: ServeConfig, token: str | None) -> ASG
         host=config.host,
         stateless_http=True,
         json_response=True,
+        max_request_body_size=config.max_request_bytes,  # BodyLimit answers first
     )
-    return BearerTokenMiddleware(app, token) if token else app
+    app = BodyLimit(app, config.max_request_bytes, _jsonrpc_error)
+    return BearerTokenMiddleware(app, token) if token else app  # 401 before reading a body
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when
-    # the listening socket says so, and without it each call waits ~40 ms for delayed ACKs
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = "pick another --port (0 = any free port)" if port else "check --host"
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); {hint}") from None
-    sock.set_inheritable(True)
-    return sock
+def _jsonrpc_error(message: str) -> bytes:
+    """A JSON-RPC error body (invalid request), the shape MCP clients read."""
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
+    return json.dumps(body).encode()
 
 
 def endpoint_url(host: str, port: int, path: str) -> str:
@@ -331,7 +327,7 @@ def serve(config: ServeConfig, announce: Callable[[str], None] = _print_now) -> 
     graph = _load(config.graph)
     token = os.environ.get(config.token_env) or None
     app = build_app(graph, config, token)
-    sock = _bind(config.host, config.port)
+    sock = bind(config.host, config.port)
     url = endpoint_url(config.host, sock.getsockname()[1], config.path)
     auth = f"; bearer token required (from ${config.token_env})" if token else ""
     if not token and config.host not in ("127.0.0.1", "localhost", "::1"):
