@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import socket
 import sys
 from pathlib import Path
 
+from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, byte_count_arg, describe_bytes, port_arg
 from amygdala.cli._options import (
     add_device_option,
     add_dtype_option,
@@ -51,9 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_arg,
         default=8000,
-        help="port; default 8000 (0 picks a free port and prints it)",
+        help="port, 0…65535; default 8000 (0 picks a free port and prints it)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=byte_count_arg,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="N",
+        help="larger request bodies get 413 before they are read; by default "
+        f"{describe_bytes(DEFAULT_MAX_REQUEST_BYTES)}; K, M, G suffixes work (64M)",
     )
     parser.add_argument(
         "--served-model-name", default=None, help="the model id clients see; by default --model"
@@ -89,24 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    from amygdala.errors import ConfigError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another "
-            "--port (0 chooses a free one) or --host"
-        ) from None
-    sock.listen(128)
-    return sock
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -117,6 +107,7 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from amygdala._net import bind
     from amygdala.artifact import load_artifact
     from amygdala.errors import ConfigError
     from amygdala.models import load_model
@@ -131,45 +122,51 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--chat-template {args.chat_template}: no such file")
         template = args.chat_template.read_text(encoding="utf-8")
     api_key = os.environ.get(args.api_key_env) or None
-    artifact = load_artifact(args.vectors, args.manifest) if args.vectors else None
-    lm = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        blocks_path=args.blocks_path,
-        trust_remote_code=args.trust_remote_code,
-    )
-    engine = Engine(lm, artifact, max_concurrency=args.max_concurrency)
-    config = ServerConfig(
-        model_name=args.served_model_name or args.model,
-        manifest=artifact.manifest if artifact else None,
-        api_key=api_key,
-        chat_template=template,
-    )
-    sock = _bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    if api_key is None and not _is_loopback(args.host):
+    # bound before the model loads: a busy port is an error in a second, not after minutes;
+    # connections wait until uvicorn listens on it
+    sock = bind(args.host, args.port)
+    try:
+        artifact = load_artifact(args.vectors, args.manifest) if args.vectors else None
+        lm = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            revision=args.revision,
+            blocks_path=args.blocks_path,
+            trust_remote_code=args.trust_remote_code,
+        )
+        engine = Engine(lm, artifact, max_concurrency=args.max_concurrency)
+        config = ServerConfig(
+            model_name=args.served_model_name or args.model,
+            manifest=artifact.manifest if artifact else None,
+            api_key=api_key,
+            chat_template=template,
+            max_request_bytes=args.max_request_bytes,
+        )
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        if api_key is None and not _is_loopback(args.host):
+            print(
+                f"warning: serving on {args.host} with no API key: anyone who can reach this "
+                f"port can use the model; set ${args.api_key_env}",
+                file=sys.stderr,
+            )
+        readout = (
+            f"readout {len(artifact.concepts)} concepts x layers {artifact.layers}"
+            if artifact
+            else "readout off"
+        )
         print(
-            f"warning: serving on {args.host} with no API key: anyone who can reach this "
-            f"port can use the model; set ${args.api_key_env}",
+            f"amygdala serve: {config.model_name} ({readout}) on http://{shown}:{port}",
             file=sys.stderr,
+            flush=True,
         )
-    readout = (
-        f"readout {len(artifact.concepts)} concepts x layers {artifact.layers}"
-        if artifact
-        else "readout off"
-    )
-    print(
-        f"amygdala serve: {config.model_name} ({readout}) on http://{shown}:{port}",
-        file=sys.stderr,
-        flush=True,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(engine, config), log_level=args.log_level, timeout_graceful_shutdown=5
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(engine, config), log_level=args.log_level, timeout_graceful_shutdown=5
+            )
         )
-    )
-    server.run(sockets=[sock])
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

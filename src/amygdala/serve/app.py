@@ -5,13 +5,19 @@ Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
 engine's counters. Every `/v1` route wants `Authorization: Bearer <key>` when the
 server has a key. Streams are server-sent events (`data: {json}\\n\\n`, then
 `data: [DONE]`); a client that goes away cancels its sequences, which frees their slot.
+
+Every error is an OpenAI error body (`{"error": {"message", "type", "param", "code"}}`):
+a body over the size cap gets 413 before it is read (`amygdala._net.BodyLimit`), a
+request that is not what the API takes gets 400, and `Api.guard` is the one place that
+turns exceptions into answers. Decoding JSON, tokenizing and building a whole response
+run in worker threads, so a 4 MB prompt never stalls `/health` or other streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
 from amygdala.errors import ConfigError
 from amygdala.readout import token_strings
 from amygdala.serve.engine import (
@@ -37,13 +45,18 @@ from amygdala.serve.engine import (
 )
 from amygdala.serve.protocol import (
     FALLBACK_CHAT_TEMPLATE,
+    Kind,
     Parsed,
     RequestError,
     ResponseBuilder,
     dumps,
+    error_body,
+    parse_body,
     parse_chat,
     parse_completion,
 )
+
+log = logging.getLogger("amygdala.serve")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class ServerConfig:
     manifest: dict[str, Any] | None  # None: readout is off
     api_key: str | None  # None: open (bind to loopback)
     chat_template: str | None  # None: the tokenizer's, else a plain fallback
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413 unread
 
 
 async def engine_events(engine: Engine, requests: list[GenerationRequest]) -> AsyncIterator[Event]:
@@ -112,6 +126,10 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + dumps(obj) + b"\n\n"
 
 
+def _prompt_chunk(builder: ResponseBuilder, event: PromptEvent) -> bytes:
+    return _sse(builder.role_chunk(event.index, event))
+
+
 class JSONResponse(Response):
     """A JSON response written with orjson (float32 arrays included)."""
 
@@ -146,13 +164,18 @@ class Api:
         )
 
     def guard(
-        self, handler: Callable[[Request], Awaitable[Response]]
+        self, handler: Callable[[Request], Awaitable[Response]], *, auth: bool = True
     ) -> Callable[[Request], Awaitable[Response]]:
-        """Auth first, then the handler; `RequestError`s become OpenAI error bodies."""
+        """Auth first (unless `auth=False`), then the handler: the app's one error handler.
+
+        A `RequestError` answers with its own status and OpenAI error body. Anything
+        else is a bug: its traceback goes to the server log, and the client gets a 500
+        error body that says so, never a traceback.
+        """
 
         async def wrapped(request: Request) -> Response:
             try:
-                if not self.authorized(request):
+                if auth and not self.authorized(request):
                     raise RequestError(
                         401,
                         "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -161,6 +184,10 @@ class Api:
                 return await handler(request)
             except RequestError as exc:
                 return JSONResponse(exc.body(), status_code=exc.status)
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                message = "internal error: the server failed on this request; its log says why"
+                return JSONResponse(error_body(500, message), status_code=500)
 
         return wrapped
 
@@ -191,32 +218,28 @@ class Api:
         return JSONResponse(self.config.manifest)
 
     async def completions(self, request: Request) -> Response:
-        body = await self._body(request)
-        parsed = parse_completion(body, self.engine.tokenizer, with_readout=self._readout_on)
-        return await self._answer(parsed, request)
+        raw = await request.body()  # already whole and within the cap (BodyLimit)
+        return await self._answer(await asyncio.to_thread(self.parse, "completion", raw), request)
 
     async def chat(self, request: Request) -> Response:
-        body = await self._body(request)
-        room = self.engine.max_positions
-        parsed = parse_chat(
-            body,
-            self.engine.tokenizer,
-            self.template,
-            with_readout=self._readout_on,
-            default_max=room,
-        )
-        return await self._answer(parsed, request)
+        raw = await request.body()
+        return await self._answer(await asyncio.to_thread(self.parse, "chat", raw), request)
 
     @property
     def _readout_on(self) -> bool:
         return self.engine.projector is not None
 
-    async def _body(self, request: Request) -> Any:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(400, "the request body is not valid JSON") from None
+    def parse(self, kind: Kind, raw: bytes) -> Parsed:
+        """Body bytes → a request the engine can take, or a `RequestError`.
+
+        Decodes the JSON, checks the model and every field, tokenizes and checks the
+        prompt against the model. A long prompt takes seconds of CPU here, so the routes
+        call this in a worker thread, off the event loop.
+        """
+        body = parse_body(raw)
         model = body.get("model") if isinstance(body, dict) else None
+        if model is not None and not isinstance(model, str):
+            raise RequestError(400, "'model' must be a string", "model")
         if model not in (None, "", self.config.model_name):
             raise RequestError(
                 404,
@@ -225,13 +248,24 @@ class Api:
                 "model",
                 "model_not_found",
             )
-        return body
-
-    async def _answer(self, parsed: Parsed, request: Request) -> Response:
+        if kind == "completion":
+            parsed = parse_completion(body, self.engine.tokenizer, with_readout=self._readout_on)
+        else:
+            parsed = parse_chat(
+                body,
+                self.engine.tokenizer,
+                self.template,
+                with_readout=self._readout_on,
+                default_max=self.engine.max_positions,
+            )
         try:
             self.engine.check_prompt(parsed.prompt_ids)
         except ConfigError as exc:
-            raise RequestError(400, str(exc), "prompt") from None
+            param = "prompt" if kind == "completion" else "messages"
+            raise RequestError(400, str(exc), param) from None
+        return parsed
+
+    async def _answer(self, parsed: Parsed, request: Request) -> Response:
         builder = ResponseBuilder(parsed, self.config.model_name, self.token_text)
         if parsed.stream:
             return _EventStream(self._stream(parsed, builder))
@@ -246,7 +280,8 @@ class Api:
         if not work.done() or work.cancelled():
             return Response(status_code=499)  # nobody is listening any more
         tokens, prompts = work.result()
-        return JSONResponse(builder.final(tokens, prompts))
+        # the whole response (every token's text and readout) is built off the event loop
+        return await asyncio.to_thread(lambda: JSONResponse(builder.final(tokens, prompts)))
 
     async def _collect(
         self, parsed: Parsed
@@ -277,8 +312,10 @@ class Api:
                 parsed.kind == "chat" or isinstance(event, PromptEvent)
             ):
                 started.add(event.index)
-                prompt = event if isinstance(event, PromptEvent) else None
-                yield _sse(builder.role_chunk(event.index, prompt))
+                if isinstance(event, PromptEvent):  # a long prompt's texts: off the loop
+                    yield await asyncio.to_thread(_prompt_chunk, builder, event)
+                else:
+                    yield _sse(builder.role_chunk(event.index, None))
             if isinstance(event, TokenEvent):
                 count += 1
                 yield _sse(builder.token_chunk(event))
@@ -287,7 +324,7 @@ class Api:
         yield b"data: [DONE]\n\n"
 
 
-def create_app(engine: Engine, config: ServerConfig) -> Starlette:
+def create_app(engine: Engine, config: ServerConfig) -> ASGIApp:
     """The ASGI app; the engine's worker runs while the app does.
 
     Example:
@@ -304,11 +341,22 @@ def create_app(engine: Engine, config: ServerConfig) -> Starlette:
         finally:
             await asyncio.to_thread(engine.close)
 
+    async def no_route(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = "not_found" if exc.status_code == 404 else None
+        body = error_body(exc.status_code, f"{exc.detail}: {_request.url.path}", code=code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     routes = [
-        Route("/health", api.health, methods=["GET"]),
+        Route("/health", api.guard(api.health, auth=False), methods=["GET"]),
         Route("/v1/models", api.guard(api.models), methods=["GET"]),
         Route("/v1/readout/manifest", api.guard(api.manifest), methods=["GET"]),
         Route("/v1/completions", api.guard(api.completions), methods=["POST"]),
         Route("/v1/chat/completions", api.guard(api.chat), methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: no_route})
+    return BodyLimit(
+        app,
+        config.max_request_bytes,
+        lambda message: dumps(error_body(413, message, code="request_too_large")),
+    )

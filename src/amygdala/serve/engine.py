@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("amygdala.serve")
 
 FinishReason = Literal["stop", "length"]
+SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # a 64-bit signed integer, as vLLM takes
 _PREFIX_WINDOW = 6  # prompt tokens kept for detokenizing the first generated tokens
 
 
@@ -79,6 +80,9 @@ class SamplingParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ConfigError("stop strings must be non-empty")
+        low, high = SEED_RANGE
+        if self.seed is not None and not low <= self.seed <= high:
+            raise ConfigError(f"seed must be in {low}..{high} (64 bits), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -415,8 +419,9 @@ class Engine:
                 f"{self.max_positions} positions, so nothing can be generated"
             )
         vocab = int(getattr(self.lm.model.config, "vocab_size", 0) or 0)
-        if vocab and any(not 0 <= i < vocab for i in ids):
-            raise ConfigError(f"prompt token ids must be in 0..{vocab - 1}")
+        top = vocab or 1 << 63  # without a vocabulary size: what a tensor of longs holds
+        if any(not 0 <= i < top for i in ids):
+            raise ConfigError(f"prompt token ids must be in 0..{top - 1}")
 
     # ---- worker thread ---------------------------------------------------------------
 

@@ -20,8 +20,10 @@ characters appear in a later chunk, so a chunk's `text` may differ from its `tok
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +31,13 @@ import numpy as np
 import orjson
 
 from amygdala.errors import ConfigError
-from amygdala.serve.engine import GenerationRequest, PromptEvent, SamplingParams, TokenEvent
+from amygdala.serve.engine import (
+    SEED_RANGE,
+    GenerationRequest,
+    PromptEvent,
+    SamplingParams,
+    TokenEvent,
+)
 
 Kind = Literal["completion", "chat"]
 MAX_N = 8
@@ -71,12 +79,7 @@ class RequestError(ValueError):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(
-            self.status, "invalid_request_error" if self.status < 500 else "server_error"
-        )
-        return {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        }
+        return error_body(self.status, self.message, self.param, self.code)
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,143 @@ class Parsed:
         ]
 
 
-def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any) -> Any:
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error object: `{"error": {"message", "type", "param", "code"}}`."""
+    kind = {401: "authentication_error", 404: "not_found_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON value of a request body; what is not strict JSON in UTF-8 is a 400.
+
+    Strict means: UTF-8 only, no `NaN`/`Infinity`, no integer longer than Python reads,
+    nesting that the parser can follow, and no lone surrogate (a `\\ud800` escape without
+    its pair, which no tokenizer can encode). Integers keep their exact value, so a
+    `seed` beyond 64 bits is reported as such, not as a float.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            400, f"the request body is not UTF-8 (bad byte at offset {exc.start}); send JSON"
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise RequestError(
+            400, "the request body is not valid JSON: it is nested too deeply"
+        ) from None
+    except RequestError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # Python reads integers of at most 4300 digits
+        raise RequestError(
+            400, "the request body is not valid JSON: it holds an integer of over 4300 digits"
+        ) from None
+    found = _lone_surrogate(value)
+    if found is not None:
+        where, param = found
+        raise RequestError(
+            400,
+            f"{where} holds a lone surrogate (a \\ud800-\\udfff escape without its pair), "
+            "which is not text; send valid UTF-16 pairs or plain UTF-8",
+            param,
+        )
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(400, f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def _has_surrogate(s: str) -> bool:
+    if s.isascii():
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _lone_surrogate(value: Any) -> tuple[str, str | None] | None:
+    """Where the first string holding a lone surrogate is (`'messages[0].content'`), and
+    the top-level field it is under; None when there is none. Iterative: any depth."""
+    stack: list[tuple[Any, str, str | None]] = [(value, "", None)]
+    while stack:
+        item, path, field = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return (f"'{path}'" if path else "the request body"), field
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _has_surrogate(key):
+                    return f"a key in {f'{path!r}' if path else 'the request body'}", field
+                if isinstance(child, (str, dict, list)):
+                    stack.append((child, f"{path}.{key}" if path else key, field or key))
+        elif isinstance(item, list):
+            stack.extend(
+                (child, f"{path}[{i}]", field)
+                for i, child in enumerate(item)
+                if isinstance(child, (str, dict, list))
+            )
+    return None
+
+
+def _get(
+    body: Mapping[str, Any],
+    name: str,
+    types: type | tuple[type, ...],
+    default: Any,
+    *,
+    label: str | None = None,
+) -> Any:
+    """`body[name]` when it has one of `types` (null counts as absent), else a 400."""
+    shown = label or name
     value = body.get(name, default)
     if value is None:
         return default
     if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise RequestError(400, f"'{name}' must be {_type_name(types)}, got a boolean", name)
+        raise RequestError(400, f"'{shown}' must be {_type_name(types)}, got a boolean", shown)
     if not isinstance(value, types):
         raise RequestError(
-            400, f"'{name}' must be {_type_name(types)}, got {type(value).__name__}", name
+            400, f"'{shown}' must be {_type_name(types)}, got {_json_type(value)}", shown
         )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "list": "a list",
+        "dict": "an object",
+        "bool": "a boolean",
+    }.get(type(value).__name__, type(value).__name__)
+
+
+def _number(body: Mapping[str, Any], name: str, default: float) -> float:
+    """A JSON number as a float; an integer too large for a float is a 400, not a crash."""
+    value = _get(body, name, (int, float), default)
+    try:
+        return float(value)
+    except OverflowError:
+        raise RequestError(400, f"'{name}' is too large, got {value}", name) from None
+
+
+def _int_in(
+    body: Mapping[str, Any], name: str, default: Any, low: int, high: int, what: str = "in"
+) -> Any:
+    """An integer in `low..high` (null: `default`), else a 400 naming the range."""
+    value = _get(body, name, int, default)
+    if value is not None and not low <= value <= high:
+        raise RequestError(400, f"'{name}' must be {what} {low}..{high}, got {value}", name)
     return value
 
 
@@ -123,9 +253,19 @@ def _type_name(types: type | tuple[type, ...]) -> str:
             "str": "a string",
             "bool": "a boolean",
             "list": "a list",
+            "dict": "an object",
         }.get(n, n)
         for n in names
     )
+
+
+def readout_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """`(readout, readout_prompt)` of a request: booleans, by default `(True, False)`.
+
+    Both servers read these two fields through here (`amygdala serve` and the vLLM
+    plugin), so a non-boolean gets the same 400 from either.
+    """
+    return _get(body, "readout", bool, True), _get(body, "readout_prompt", bool, False)
 
 
 def _check_unsupported(body: dict[str, Any]) -> None:
@@ -134,21 +274,29 @@ def _check_unsupported(body: dict[str, Any]) -> None:
             raise RequestError(400, f"'{name}' is not supported by amygdala serve", name)
 
 
-def _sampling(body: dict[str, Any], default_max: int) -> SamplingParams:
+def _stops(body: Mapping[str, Any]) -> tuple[str, ...]:
     stop = body.get("stop")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if not all(isinstance(s, str) for s in stops):
-        raise RequestError(400, "'stop' must be a string or a list of strings", "stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return tuple(stop)
+    raise RequestError(400, "'stop' must be a string or a list of strings", "stop")
+
+
+def _sampling(body: dict[str, Any], default_max: int) -> SamplingParams:
+    stops = _stops(body)
     max_tokens = _get(body, "max_tokens", int, None)
     if max_tokens is None:
         max_tokens = _get(body, "max_completion_tokens", int, default_max)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=float(_get(body, "temperature", (int, float), 1.0)),
-            top_p=float(_get(body, "top_p", (int, float), 1.0)),
+            temperature=_number(body, "temperature", 1.0),
+            top_p=_number(body, "top_p", 1.0),
             stop=stops,
-            seed=_get(body, "seed", int, None),
+            seed=_int_in(body, "seed", None, *SEED_RANGE, what="a 64-bit integer,"),
             ignore_eos=_get(body, "ignore_eos", bool, False),
         )
     except ConfigError as exc:
@@ -159,19 +307,19 @@ def _common(
     kind: Kind, body: dict[str, Any], ids: list[int], default_max: int, with_readout: bool
 ) -> Parsed:
     _check_unsupported(body)
-    n = _get(body, "n", int, 1)
-    if not 1 <= n <= MAX_N:
-        raise RequestError(400, f"'n' must be in 1..{MAX_N}", "n")
+    n = _int_in(body, "n", 1, 1, MAX_N)
     options = _get(body, "stream_options", dict, {})
+    usage = _get(options, "include_usage", bool, False, label="stream_options.include_usage")
+    readout, readout_prompt = readout_flags(body)
     return Parsed(
         kind=kind,
         prompt_ids=tuple(ids),
         params=_sampling(body, default_max),
         n=n,
         stream=_get(body, "stream", bool, False),
-        include_usage=bool(options.get("include_usage", False)),
-        readout=with_readout and _get(body, "readout", bool, True),
-        readout_prompt=with_readout and _get(body, "readout_prompt", bool, False),
+        include_usage=usage,
+        readout=with_readout and readout,
+        readout_prompt=with_readout and readout_prompt,
     )
 
 

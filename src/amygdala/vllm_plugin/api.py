@@ -27,6 +27,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
 from amygdala.readout import token_strings
+from amygdala.serve.protocol import RequestError, dumps, readout_flags
 from amygdala.vllm_plugin import _vllm
 from amygdala.vllm_plugin.channel import Receiver
 from amygdala.vllm_plugin.inbox import Inbox, Subscription
@@ -136,10 +137,12 @@ class ReadoutEndpoints:
         self, kind: str, request: Any, raw_request: Request, original: Endpoint
     ) -> Any:
         extra = request.model_extra if request.model_extra is not None else {}
-        want, prompt = extra.pop("readout", True), extra.pop("readout_prompt", False)
-        for name, value in (("readout", want), ("readout_prompt", prompt)):
-            if not isinstance(value, bool):
-                return _error(HTTPStatus.BAD_REQUEST, f"'{name}' must be a boolean", name)
+        try:  # the same check and message as `amygdala serve`
+            want, prompt = readout_flags(extra)
+        except RequestError as exc:
+            return _error(HTTPStatus.BAD_REQUEST, exc.message, exc.param)
+        extra.pop("readout", None)
+        extra.pop("readout_prompt", None)
         xargs = {k: v for k, v in (request.vllm_xargs or {}).items() if k not in _vllm.XARGS}
         request.vllm_xargs = xargs or None
         served = self.served
@@ -209,8 +212,6 @@ async def _rewrite(response: Any, rewriter: Rewriter, sub: Subscription) -> Any:
     finally:
         sub.close()
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    from amygdala.serve.protocol import dumps
-
     return Response(
         dumps(rewritten),
         status_code=200,
