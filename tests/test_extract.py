@@ -334,7 +334,6 @@ def _sample_graph() -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-@pytest.mark.skipif(_sample_graph() is None, reason="the sample graph is not written yet")
 def test_bundled_sample_graph_exercises_every_rule() -> None:
     path = _sample_graph()
     assert path is not None

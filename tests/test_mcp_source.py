@@ -209,8 +209,7 @@ def read_stdio(command: str) -> Any:
 
 def test_bundled_sample_graph_extracts_identically(tmp_path: Path) -> None:
     resource = importlib.resources.files("amygdala") / "data" / "sample_graph.jsonl"
-    if not resource.is_file():
-        pytest.skip("the sample graph is not in this checkout yet")
+    assert resource.is_file(), "the sample graph is missing from the package"
     with importlib.resources.as_file(resource) as sample:
         from_file, from_mcp = tmp_path / "file", tmp_path / "mcp"
         assert extract_cli("--graph", str(sample), "--output-dir", str(from_file)) == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from amygdala.artifact import load_artifact
@@ -24,7 +23,6 @@ from amygdala.train import TrainConfig, train
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.mark.skipif(not (DATA / "stories_heldout").is_dir(), reason="corpus not present")
 def test_minilm_vectors_separate_heldout_stories(tmp_path: Path, minilm_dir: Path) -> None:
     from sklearn.metrics import roc_auc_score
 

@@ -12,9 +12,7 @@ import pytest
 
 from amygdala.artifact import inspect_artifact
 from amygdala.cli import main
-from amygdala.cli.run import sample_graph
 from amygdala.corpus import load_training_dir
-from amygdala.errors import ConfigError
 
 EMOTIONS = ["warmth", "fear", "curiosity"]
 
@@ -90,16 +88,7 @@ def test_unwritable_vectors_fail_before_extraction(
     assert not (out / "training-data").exists()
 
 
-def _has_sample() -> bool:
-    try:
-        with sample_graph():
-            return True
-    except ConfigError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_sample(), reason="the sample graph is not written yet")
 def test_run_with_no_arguments(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "amygdala", "run"],
