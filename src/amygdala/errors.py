@@ -34,3 +34,8 @@ class ArtifactError(AmygdalaError):
 
 class GraphError(AmygdalaError):
     """A memory graph source (file export or MCP server) that cannot be read."""
+
+
+class OutputError(AmygdalaError):
+    """An output path that cannot be written: a directory where a file is needed, a device,
+    a read-only or full file system, a name too long, or one of the run's own inputs."""
