@@ -8,7 +8,7 @@ Usage:
 Over HTTP it prints `serving N nodes on http://127.0.0.1:PORT/PATH` on stdout once it
 accepts requests (`/mcp`, stateful streamable HTTP with SSE answers; or `/sse` with
 `--sse`, the legacy transport). It reads the graph JSONL itself, with the rules of
-DESIGN.md (a later line with the same key wins, `deleted` removes the key, lines that are
+docs/architecture.md (a later line with the same key wins, `deleted` removes the key, lines that are
 not JSON objects with a string key and string content are skipped), so it shares no code
 with amygdala's graph readers.
 

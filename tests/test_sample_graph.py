@@ -111,7 +111,7 @@ def records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def live(records: list[dict]) -> dict[str, dict]:
-    """Later lines supersede earlier ones; deleted keys are dropped (DESIGN.md)."""
+    """Later lines supersede earlier ones; deleted keys are dropped (docs/architecture.md)."""
     latest: dict[str, dict] = {}
     for record in records:
         latest[record["key"]] = record

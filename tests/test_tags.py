@@ -1,6 +1,6 @@
 """Tag-line grammar: trailing `name:score` lines become scores and leave the text.
 
-Unit tests pin each rule of DESIGN.md's grammar and the prose lines that must survive;
+Unit tests pin each rule of docs/architecture.md's grammar and the prose lines that must survive;
 property-based tests check it against an independent model of the grammar (tag lines
 built from generated names and scores, merged with `max` in plain Python).
 """

@@ -1,6 +1,6 @@
 """Find the list of transformer blocks whose outputs are the residual stream.
 
-Layer *i* in every file we write is the output of block *i* of this list (DESIGN.md,
+Layer *i* in every file we write is the output of block *i* of this list (docs/architecture.md,
 "Layer index"), so finding it must be exact and must fail loudly when it cannot.
 """
 

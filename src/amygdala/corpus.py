@@ -1,6 +1,6 @@
 """Training inputs in one shape: unique texts plus, per concept, who is positive or negative.
 
-Two on-disk layouts load into `Corpus` (DESIGN.md, "Training-data directory"):
+Two on-disk layouts load into `Corpus` (docs/architecture.md, "Training-data directory"):
 
 * a training-data directory: `<emotion>.jsonl` rows `{emotion, polarity, text, split}`;
   rows with `split == "heldout"` are kept apart for evaluation, and every row trains

@@ -52,7 +52,7 @@ class RowSource(Protocol):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When counts are too small to trust (DESIGN: about five positives flip signs)."""
+    """When counts are too small to trust (docs/architecture.md: five positives can flip signs)."""
 
     min_train: int = 20  # train positives (and negatives) below this are flagged
     min_heldout: int = 10  # held-out positives (and negatives) below this are flagged

@@ -1,4 +1,4 @@
-"""Graph → training-data directory (DESIGN.md, "Training-data directory").
+"""Graph → training-data directory (docs/architecture.md, "Training-data directory").
 
 ```
 DIR/manifest.json    {"format": "amygdala-training-data/1", "source", "selection",

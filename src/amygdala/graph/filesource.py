@@ -6,7 +6,7 @@ is missing, unreadable, not a regular file (a directory, a FIFO), nested deeper 
 `MAX_JSON_DEPTH` (a JSON array), or holds no usable record at all raises `GraphError`
 (read through `amygdala._text`, like every file amygdala reads).
 
-Rules (DESIGN.md, "Memory graph"): a later record with the same key supersedes an
+Rules (docs/architecture.md, "Memory graph"): a later record with the same key supersedes an
 earlier one (counted in `superseded`); a record with `"deleted": true` removes its key
 (counted in `deleted`; it needs no content). A malformed record never supersedes: the
 earlier record of its key, if any, stays in use and the problem line says so.

@@ -1,6 +1,6 @@
 """Selection: tagged memory nodes → positive and negative examples per emotion.
 
-The rules (DESIGN.md, "Selecting examples"; flag names from the original design):
+The rules (docs/architecture.md, "Selecting examples"; flag names from the original design):
 
 * A node's text is its content with tag lines removed (`amygdala.graph.tags`). Nodes
   whose text is shorter than `--min-content-chars` are skipped, and so are nodes with no
@@ -151,7 +151,7 @@ class Example:
     split: Split
 
     def to_row(self) -> dict[str, Any]:
-        """The row in DESIGN.md's field order, integral scores written as ints."""
+        """The row in docs/architecture.md's field order, integral scores written as ints."""
         return {
             "emotion": self.emotion,
             "polarity": self.polarity,

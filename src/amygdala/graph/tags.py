@@ -2,7 +2,7 @@
 
 Background agents append tag lines to a node; they are the node's labels, so they must
 be read (scores) and removed (text) before anything reaches a model. The grammar
-(DESIGN.md, "Emotion tag lines"):
+(docs/architecture.md, "Emotion tag lines"):
 
 * Only **trailing** lines are tag lines: walking up from the end, blank lines are skipped
   and every line that looks like a tag line is consumed; the first other line ends the
