@@ -37,7 +37,9 @@ class Reference:
         """Layer `layer` pooled (the last block of a decoder: its own output, since Hugging
         Face applies the final norm to that entry)."""
         last = len(self.hidden_states) - 2
-        hidden = self.last_block if layer == last and self.decoder else self.hidden_states[layer + 1]
+        hidden = (
+            self.last_block if layer == last and self.decoder else self.hidden_states[layer + 1]
+        )
         rows = hidden[self.keep]
         return rows.mean(0) if how == "mean" else rows[-1]
 
@@ -46,15 +48,23 @@ def reference_forward(lm: LoadedModel, text: str) -> Reference:
     enc = lm.tokenizer(text, return_special_tokens_mask=True, return_tensors="pt")
     seen: dict[str, torch.Tensor] = {}
     handle = lm.blocks[lm.n_layers - 1].register_forward_hook(
-        lambda _m, _a, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+        lambda _m, _a, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
-            out = lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                           output_hidden_states=True)
+            out = lm.model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                output_hidden_states=True,
+            )
     finally:
         handle.remove()
-    return Reference(tuple(h[0] for h in out.hidden_states), seen["h"][0],
-                     enc["special_tokens_mask"][0] == 0, lm.kind == "decoder")
+    return Reference(
+        tuple(h[0] for h in out.hidden_states),
+        seen["h"][0],
+        enc["special_tokens_mask"][0] == 0,
+        lm.kind == "decoder",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,32 +104,47 @@ def load(tiny_model_dirs: Callable[[str], Path]) -> Callable[[str], LoadedModel]
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("how", ["mean", "last"])
 @pytest.mark.parametrize("arch", list(TINY_ARCHS))
-def test_pooled_equals_output_hidden_states(load: Callable[[str], LoadedModel],
-                                            reference: Callable[[LoadedModel, str], Reference],
-                                            arch: str, how: str, side: str) -> None:
+def test_pooled_equals_output_hidden_states(
+    load: Callable[[str], LoadedModel],
+    reference: Callable[[LoadedModel, str], Reference],
+    arch: str,
+    how: str,
+    side: str,
+) -> None:
     lm = load(arch)
     layers = list(range(lm.n_layers))
     got = run_engine(lm, TEXTS, layers, pooling=how, batch_size=4, padding_side=side)
     for i, text in enumerate(TEXTS):
         for j, layer in enumerate(layers):
             ref = reference(lm, text).pooled(layer, how)
-            torch.testing.assert_close(got[i, j], ref, atol=2e-5, rtol=2e-4,
-                                       msg=f"{arch} {how} {side} text {i} layer {layer}")
+            torch.testing.assert_close(
+                got[i, j],
+                ref,
+                atol=2e-5,
+                rtol=2e-4,
+                msg=f"{arch} {how} {side} text {i} layer {layer}",
+            )
 
 
 def test_minilm_pooled_equals_output_hidden_states(
-        minilm_dir: Path, reference: Callable[[LoadedModel, str], Reference]) -> None:
+    minilm_dir: Path, reference: Callable[[LoadedModel, str], Reference]
+) -> None:
     lm = load_model(str(minilm_dir), device="cpu", dtype="fp32")
-    assert (lm.kind, lm.n_layers, lm.hidden_size, lm.blocks_path) == ("encoder", 6, 384,
-                                                                      "encoder.layer")
+    assert (lm.kind, lm.n_layers, lm.hidden_size, lm.blocks_path) == (
+        "encoder",
+        6,
+        384,
+        "encoder.layer",
+    )
     layers = [0, 2, 5]
     for how in ("mean", "last"):
         for side in ("left", "right"):
             got = run_engine(lm, TEXTS, layers, pooling=how, batch_size=3, padding_side=side)
             for i, text in enumerate(TEXTS):
                 for j, layer in enumerate(layers):
-                    torch.testing.assert_close(got[i, j], reference(lm, text).pooled(layer, how),
-                                               atol=5e-5, rtol=2e-4)
+                    torch.testing.assert_close(
+                        got[i, j], reference(lm, text).pooled(layer, how), atol=5e-5, rtol=2e-4
+                    )
 
 
 def test_special_tokens_and_padding_never_pooled(minilm_dir: Path) -> None:
@@ -135,8 +160,9 @@ def test_special_tokens_and_padding_never_pooled(minilm_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
-def test_blocks_after_deepest_target_never_run(load: Callable[[str], LoadedModel],
-                                               arch: str) -> None:
+def test_blocks_after_deepest_target_never_run(
+    load: Callable[[str], LoadedModel], arch: str
+) -> None:
     lm = load(arch)
     calls: list[str] = []
     watched = {f"block {i}": lm.blocks[i] for i in range(2, lm.n_layers)}
@@ -145,8 +171,9 @@ def test_blocks_after_deepest_target_never_run(load: Callable[[str], LoadedModel
             if mname.split(".")[-1] == name:
                 watched[mname] = module
     assert len(watched) >= 3
-    handles = [m.register_forward_hook(lambda *_a, n=n: calls.append(n))
-               for n, m in watched.items()]
+    handles = [
+        m.register_forward_hook(lambda *_a, n=n: calls.append(n)) for n, m in watched.items()
+    ]
     try:
         run_engine(lm, TEXTS, [0, 1], batch_size=2)
     finally:
@@ -169,12 +196,16 @@ def test_one_forward_row_per_text(load: Callable[[str], LoadedModel]) -> None:
 
 def hook_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Every forward (pre-)hook id per module (transformers installs its own, and keeps them)."""
-    return {name: (*m._forward_hooks, *m._forward_pre_hooks) for name, m in model.named_modules()
-            if m._forward_hooks or m._forward_pre_hooks}
+    return {
+        name: (*m._forward_hooks, *m._forward_pre_hooks)
+        for name, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    }
 
 
-def test_hooks_removed_after_clean_exit_and_exception(tiny_model_dirs: Callable[[str], Path]
-                                                      ) -> None:
+def test_hooks_removed_after_clean_exit_and_exception(
+    tiny_model_dirs: Callable[[str], Path],
+) -> None:
     lm = load_model(str(tiny_model_dirs("qwen2")), device="cpu", dtype="fp32")
     assert hook_snapshot(lm.model) == {}
     foreign = lm.blocks[1].register_forward_hook(lambda *_: None)  # someone else's hook stays
@@ -222,15 +253,18 @@ def test_truncation_counted(load: Callable[[str], LoadedModel], arch: str) -> No
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_token_sample_picks_evenly_spread_real_tokens(
-        load: Callable[[str], LoadedModel], reference: Callable[[LoadedModel, str], Reference],
-        side: str) -> None:
+    load: Callable[[str], LoadedModel],
+    reference: Callable[[LoadedModel, str], Reference],
+    side: str,
+) -> None:
     """The sampled single tokens equal `output_hidden_states` at the
     floor((2j+1)·n/2k)-th real token (all of them, NaN-padded, when n < k)."""
     lm = load("llama")
     k = 4
     got: dict[int, torch.Tensor] = {}
-    for batch in capture_texts(lm, TEXTS, [1], batch_size=3, padding_side=side,
-                               sample_tokens=k, progress=False):
+    for batch in capture_texts(
+        lm, TEXTS, [1], batch_size=3, padding_side=side, sample_tokens=k, progress=False
+    ):
         assert batch.tokens is not None
         for row, i in enumerate(batch.index.tolist()):
             got[i] = batch.tokens[row, 0]  # [k, hidden]
@@ -239,14 +273,14 @@ def test_token_sample_picks_evenly_spread_real_tokens(
         real = ref.hidden_states[2][ref.keep]
         n = real.shape[0]
         picks = [(2 * j + 1) * n // (2 * k) for j in range(k)] if n >= k else list(range(n))
-        torch.testing.assert_close(got[i][:len(picks)], real[picks], atol=2e-5, rtol=2e-4)
-        assert torch.isnan(got[i][len(picks):]).all()
+        torch.testing.assert_close(got[i][: len(picks)], real[picks], atol=2e-5, rtol=2e-4)
+        assert torch.isnan(got[i][len(picks) :]).all()
 
 
 @pytest.mark.parametrize("arch", ["llama", "bert"])
-def test_tokenize_in_chunks_equals_the_tokenizer(load: Callable[[str], LoadedModel],
-                                                 arch: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tokenize_in_chunks_equals_the_tokenizer(
+    load: Callable[[str], LoadedModel], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Chunking (here 4 texts a call) changes nothing: ids, pooling flags and the
     truncation flag of every text equal one-text-at-a-time tokenizer output."""
     import amygdala.capture as capture_mod
