@@ -33,7 +33,7 @@ from _memory_server import memory_server
 from amygdala import pipeline
 from amygdala.artifact import validate_artifact
 from amygdala.corpus import corpus_from_rows, load_training_dir, read_paragraphs
-from amygdala.errors import AmygdalaError, CorpusError
+from amygdala.errors import AmygdalaError, ConfigError, CorpusError
 
 ROOT = Path(__file__).resolve().parents[1]
 STORIES = ROOT / "tests" / "data" / "stories" / "stories"
@@ -350,3 +350,7 @@ def test_extract_reads_a_file_a_server_url_and_a_server_command(
         amygdala.extract(str(graph), str(tmp_path / "x"), min_positive=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="cannot read a graph from int"):
         amygdala.extract(5, str(tmp_path / "x"))  # type: ignore[arg-type]
+    hint = r"no graph file 'my-server --stdio'; .* as a list: \['my-server', '--stdio'\]$"
+    with pytest.raises(ConfigError, match=hint):
+        amygdala.extract("my-server --stdio", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

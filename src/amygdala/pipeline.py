@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -156,12 +157,19 @@ def extract(
 
 def graph_source(source: GraphInput) -> GraphSource:
     """The `GraphSource` that `extract`'s `source` argument names (see `extract`)."""
+    from amygdala.errors import ConfigError
     from amygdala.graph.filesource import FileSource
 
     if isinstance(source, str) and source.lower().startswith(("http://", "https://")):
         return _mcp_source(url=source)
     if isinstance(source, (str, os.PathLike)):
-        return FileSource(Path(source))
+        path = Path(source)
+        if isinstance(source, str) and " " in source.strip() and not path.exists():
+            raise ConfigError(
+                f"extract: there is no graph file {source!r}; to start a memory server and "
+                f"speak stdio to it, pass its command as a list: {shlex.split(source)!r}"
+            )
+        return FileSource(path)
     if isinstance(source, Sequence) and source and all(isinstance(a, str) for a in source):
         return _mcp_source(command=list(source))
     from amygdala.graph.mcp_source import McpGraphSource, McpOptions
