@@ -1,8 +1,9 @@
-"""The Python API: the whole pipeline as four calls, each a thin front for one stage.
+"""The Python API: the whole pipeline in a few calls, each a thin front for one stage.
 
 `extract` (memory graph → training-data directory, `amygdala.graph.extract`), `train`
 (training data → artifact, `amygdala.train`), `load_artifact` (`amygdala.artifact`) and
-`readout` (artifact + text → per-token readouts, `amygdala.readout`). They add only what
+`readout` (artifact + text → per-token readouts, `amygdala.readout`), and `load_model` to
+load a model once for many calls (`amygdala.models`). They add only what
 a Python caller needs on top of the stages: paths as `str` or any `os.PathLike`, training
 data as a directory, a stories corpus or in-memory rows, a graph as a file, a server URL
 or a server command — and no progress bars unless asked for (`progress=True`). Options
@@ -167,7 +168,7 @@ def graph_source(source: GraphInput) -> GraphSource:
         if isinstance(source, str) and " " in source.strip() and not path.exists():
             raise ConfigError(
                 f"extract: there is no graph file {source!r}; to start a memory server and "
-                f"speak stdio to it, pass its command as a list: {shlex.split(source)!r}"
+                f"speak stdio to it, pass its command as a list: {_argv(source)!r}"
             )
         return FileSource(path)
     if isinstance(source, Sequence) and source and all(isinstance(a, str) for a in source):
@@ -183,6 +184,13 @@ def graph_source(source: GraphInput) -> GraphSource:
         "file path, a memory server URL (http://…), a server command as a list of "
         "arguments, McpOptions, or an object with a read() method"
     )
+
+
+def _argv(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:  # unbalanced quotes
+        return command.split()
 
 
 def _mcp_source(**where: Any) -> GraphSource:
