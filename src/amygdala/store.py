@@ -7,16 +7,23 @@ config and weight-file identity, layers, pooling, pool start, max length, comput
 dtype — so a store is only ever reused for identical capture settings. Each shard holds
 one captured batch: tensor `acts` `[n, n_layers, hidden]` (fp32), optionally `tokens`
 `[n, n_layers, k, hidden]` (bf16: a few single tokens per text, for per-token
-calibration), and the sha256 of each text in its metadata. Shards are written atomically and named by the hash of their
-texts, so a run killed with SIGKILL leaves only complete shards, and the same batch
-captured again lands in the same file.
+calibration), and the sha256 of each text in its metadata. Shards are written atomically
+and named by the hash of their texts, so a run killed with SIGKILL leaves only complete
+shards (plus at most a `.tmp-*` file it was writing), and the same batch captured again
+lands in the same file.
+
+Every process using a store holds a shared lock on its `.lock` file; the first one to
+open a store that no other process holds removes the `.tmp-*` files that killed runs left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sys
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from amygdala._io import atomic_write_bytes, atomic_write_json
+from amygdala._io import atomic_write_bytes, atomic_write_json, ensure_dir, naming
 
 STORE_FORMAT = "amygdala-activations/2"  # /2: shards carry sampled single tokens
+CACHE_HINT = "or pass another --cache-dir, or --no-cache"  # appended to write errors
 
 
 def text_hash(text: str) -> str:
@@ -62,14 +70,46 @@ class ActivationStore:
         self.fingerprint = {"format": STORE_FORMAT, **fingerprint}
         self.path = Path(root).expanduser() / fingerprint_id(self.fingerprint)
         self.shards = self.path / "shards"
-        self.shards.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.shards, CACHE_HINT)
+        self.problems: list[str] = []  # unreadable shards, skipped (their texts recaptured)
+        self._hold()
         meta = self.path / "fingerprint.json"
         if not meta.exists():
             atomic_write_json(meta, self.fingerprint)
-        self.problems: list[str] = []  # unreadable shards, skipped (their texts recaptured)
         self._index: dict[str, _Where] = {}
         for shard in sorted(self.shards.glob("*.safetensors")):
             self._index_shard(shard)
+
+    def _hold(self) -> None:
+        """Take this store's shared lock for the life of the object; when no other process
+        holds it, first remove the `.tmp-*` files that killed runs left behind."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): leftovers stay, and are harmless
+            return
+        with naming(self.path / ".lock", CACHE_HINT):
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        weakref.finalize(self, os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process is using the store: its .tmp-* files are live
+            pass
+        else:
+            self._remove_leftovers()
+        fcntl.flock(fd, fcntl.LOCK_SH)
+
+    def _remove_leftovers(self) -> None:
+        """Delete `.tmp-*` files (unfinished shard or fingerprint writes) of dead runs."""
+        removed = 0
+        for folder in (self.path, self.shards):
+            for leftover in folder.glob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    removed += 1
+        if removed:
+            self.problems.append(
+                f"removed {removed} unfinished temporary file(s) left by an interrupted run"
+            )
 
     def _index_shard(self, shard: Path) -> None:
         from safetensors import safe_open
@@ -81,8 +121,10 @@ class ActivationStore:
             if len(hashes) != n_rows:
                 raise ValueError(f"{len(hashes)} hashes for {n_rows} rows")
         except Exception as exc:  # any unreadable shard is skipped and reported, never fatal
-            self.problems.append(f"{shard.name}: unreadable ({type(exc).__name__}: {exc}); "
-                                 "its texts will be captured again")
+            self.problems.append(
+                f"{shard.name}: unreadable ({type(exc).__name__}: {exc}); "
+                "its texts will be captured again"
+            )
             return
         for row, h in enumerate(hashes):
             self._index.setdefault(h, _Where(shard.name, row))
@@ -109,13 +151,14 @@ class ActivationStore:
             tensors["tokens"] = tokens.detach().to("cpu", torch.bfloat16).contiguous()
         blob = save(tensors, metadata={"hashes": json.dumps(list(hashes))})
         path = self.shards / name
-        atomic_write_bytes(path, blob)
+        atomic_write_bytes(path, blob, hint=CACHE_HINT)
         for row, h in enumerate(hashes):
             self._index.setdefault(h, _Where(name, row))
         return path
 
-    def iter_rows(self, hashes: Sequence[str], chunk: int = 256, *, key: str = "acts"
-                  ) -> Iterator[tuple[list[int], Tensor]]:
+    def iter_rows(
+        self, hashes: Sequence[str], chunk: int = 256, *, key: str = "acts"
+    ) -> Iterator[tuple[list[int], Tensor]]:
         """Yield `(positions, rows of tensor key)` over `hashes` in their order, `chunk`
         rows at a time (`key`: `acts`, or `tokens` for the sampled single tokens).
 
@@ -165,10 +208,14 @@ def model_identity(model_dir: str) -> dict[str, Any]:
         return {"hub_id": model_dir}
     config = path / "config.json"
     ident: dict[str, Any] = {
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.exists()
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()
+        if config.exists()
         else None,
-        "weights": sorted((p.name, p.stat().st_size) for p in path.iterdir()
-                          if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")),
+        "weights": sorted(
+            (p.name, p.stat().st_size)
+            for p in path.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
+        ),
     }
     return ident
 
