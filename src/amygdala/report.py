@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amygdala._io import atomic_write_json, atomic_write_text
+from amygdala._io import Input, Output, atomic_write_files, check_outputs, json_bytes
 from amygdala.errors import ConfigError, CorpusError
 from amygdala.evaluate import Quality, Thresholds, coherence_rows, evaluate, quality_info
 
@@ -30,14 +30,38 @@ LABEL_W = 150  # room for concept names
 MAX_MATRIX_CELLS = 40000  # above this, only the best layer's cross-talk matrix is drawn
 
 
+def report_paths(out_dir: Path) -> tuple[Path, Path]:
+    """`out_dir/quality.json` and `out_dir/report.html`."""
+    return Path(out_dir) / "quality.json", Path(out_dir) / "report.html"
+
+
 def write_report(quality: Quality, out_dir: Path) -> tuple[Path, Path]:
-    """Write `out_dir/quality.json` and `out_dir/report.html` (each atomically)."""
+    """Write `out_dir/quality.json` and `out_dir/report.html`, both or neither (an error
+    while writing leaves the old pair)."""
     doc = quality.to_json()
-    out_dir = Path(out_dir)
-    json_path, html_path = out_dir / "quality.json", out_dir / "report.html"
-    atomic_write_json(json_path, doc)
-    atomic_write_text(html_path, render_html(doc))
+    json_path, html_path = report_paths(out_dir)
+    atomic_write_files([(json_path, json_bytes(doc)), (html_path, render_html(doc).encode())])
     return json_path, html_path
+
+
+def check_report_outputs(config: ReportConfig) -> None:
+    """Fail before any capture when quality.json or report.html cannot be written, or would
+    overwrite one of the report's inputs (`amygdala._io.check_outputs`)."""
+    from amygdala.artifact import default_manifest_path
+    from amygdala.store import default_cache_dir
+
+    outputs = [Output(config.output_dir, "--output-dir", "dir")]
+    outputs += [Output(p, "--output-dir") for p in report_paths(config.output_dir)]
+    if not config.no_cache:
+        cache = config.cache_dir or default_cache_dir()
+        outputs.append(Output(cache, "--cache-dir", "dir", "or pass --no-cache"))
+    manifest = config.manifest or default_manifest_path(config.vectors)
+    inputs = [
+        Input(config.vectors, "the vectors (--vectors)"),
+        Input(manifest, "the manifest (--manifest)"),
+        Input(config.training_data_dir, "the training data (--training-data-dir)"),
+    ]
+    check_outputs(outputs, inputs)
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,7 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tupl
     from amygdala.store import text_hash
     from amygdala.train import Activations, capture_fingerprint, capture_missing, open_store
 
+    check_report_outputs(config)
     art = load_artifact(config.vectors, config.manifest)
     corpus = _heldout_corpus(config.training_data_dir, art.concepts)
     train_config = _capture_config(config, art.manifest, art.layers)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from amygdala import __version__
+from amygdala._io import Input, Output, check_outputs
 from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
 from amygdala.capture import (
     POOLINGS,
@@ -38,7 +39,7 @@ from amygdala.combine import (
 )
 from amygdala.corpus import NEGATIVE, Corpus, load_corpus, read_paragraphs
 from amygdala.distributed import init_distributed
-from amygdala.errors import CaptureError, ConfigError, CorpusError
+from amygdala.errors import AmygdalaError, CaptureError, ConfigError, CorpusError
 from amygdala.evaluate import evaluate, project, quality_info
 from amygdala.fit import (
     DEFAULT_METHOD,
@@ -161,16 +162,47 @@ def select_concepts(corpus: Corpus, min_examples: int) -> tuple[Corpus, dict[str
     return corpus.select(keep), skipped
 
 
+def output_paths(config: TrainConfig) -> list[Output]:
+    """Every path a run writes, the activation cache included (for `check_outputs`)."""
+    default = "" if config.manifest else " (by default --output with .json)"
+    outputs = [
+        Output(config.output, "--output"),
+        Output(config.manifest_path, f"--manifest{default}"),
+    ]
+    if config.report_dir is not None:
+        outputs += [Output(config.report_dir, "--report", "dir")]
+        outputs += [
+            Output(config.report_dir / n, "--report") for n in ("quality.json", "report.html")
+        ]
+    if not config.no_cache:
+        cache = config.cache_dir or default_cache_dir()
+        outputs.append(Output(cache, "--cache-dir", "dir", "or pass --no-cache"))
+    return outputs
+
+
+def input_paths(config: TrainConfig) -> list[Input]:
+    """Every path a run reads that an output must not overwrite."""
+    inputs = []
+    if config.training_data_dir is not None:
+        inputs.append(Input(config.training_data_dir, "the training data (--training-data-dir)"))
+    with contextlib.suppress(AmygdalaError):  # a missing packaged model fails at loading
+        inputs.append(Input(Path(resolve_model_name(config.model)), "the model (--model)"))
+    if config.neutral is not None:
+        inputs.append(Input(config.neutral, "the neutral text (--neutral)"))
+    return inputs
+
+
 def check_output(config: TrainConfig) -> None:
-    """Fail before the expensive part when the outputs cannot be written."""
-    for path in (config.output, config.manifest_path):
-        if path.is_dir():
-            raise ConfigError(
-                f"output {path} is a directory; pass a file path such as "
-                f"{path / 'readout.safetensors'}"
-            )
+    """Fail before the expensive part when an output cannot be written (`check_outputs`)."""
+    if config.manifest is None and config.output.suffix == ".json":
+        raise ConfigError(
+            f"--output {config.output} ends in .json, the manifest's default name (the "
+            "--output path with .json); pass the vectors file, e.g. --output "
+            f"{config.output.with_suffix('.safetensors')}, or name the manifest with --manifest"
+        )
     if config.output.resolve() == config.manifest_path.resolve():
         raise ConfigError("--manifest must differ from --output")
+    check_outputs(output_paths(config), input_paths(config))
 
 
 TOKEN_SAMPLE = 4  # single tokens kept per text for per-token calibration

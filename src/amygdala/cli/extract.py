@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from amygdala._io import Input
     from amygdala.graph.nodes import GraphSource
     from amygdala.graph.select import SelectionOptions
 
@@ -197,11 +198,25 @@ def has_source(args: argparse.Namespace) -> bool:
     )
 
 
+def source_inputs(args: argparse.Namespace) -> list[Input]:
+    """The files the flags name that a run reads: the graph file and an --emotions file."""
+    from amygdala._io import Input
+
+    inputs = [Input(args.graph, "the graph (--graph)")] if args.graph is not None else []
+    value = args.emotions
+    if value is not None and (value.startswith("@") or Path(value).is_file()):
+        inputs.append(Input(Path(value.removeprefix("@")), "the emotions list (--emotions)"))
+    return inputs
+
+
 def run(args: argparse.Namespace) -> int:
+    from amygdala._io import Output, check_outputs
     from amygdala.graph.extract import extract, print_summary
 
     options = options_from_args(args)
     source = source_from_args(args)
+    # the directory is replaced as a whole: a graph inside it would be deleted
+    check_outputs([Output(args.output_dir, "--output-dir", "tree")], source_inputs(args))
     summary = extract(source, options, args.output_dir)
     print_summary(summary)
     return 0

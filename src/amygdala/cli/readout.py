@@ -92,9 +92,29 @@ def layer_choice(value: str) -> LayerChoice:
         ) from None
 
 
+def check_readout_outputs(args: argparse.Namespace) -> None:
+    """--html and --jsonl checked before the model loads; neither may be an input (the
+    vectors, the manifest, a file of the model) nor the other."""
+    import contextlib
+
+    from amygdala._io import Input, Output, check_outputs
+    from amygdala.artifact import default_manifest_path
+    from amygdala.errors import AmygdalaError
+    from amygdala.models import resolve_model_name
+
+    outputs = [Output(p, flag) for p, flag in ((args.html, "--html"), (args.jsonl, "--jsonl"))]
+    inputs = [
+        Input(args.vectors, "the vectors (--vectors)"),
+        Input(args.manifest or default_manifest_path(args.vectors), "the manifest (--manifest)"),
+    ]
+    with contextlib.suppress(AmygdalaError):  # a missing packaged model fails at loading
+        inputs.append(Input(Path(resolve_model_name(args.model)), "the model (--model)"))
+    check_outputs([o for o in outputs if o.path is not None], inputs)
+
+
 def run(args: argparse.Namespace) -> int:
     from amygdala._heatmap import html_page
-    from amygdala._io import atomic_write_text
+    from amygdala._io import atomic_write_files
     from amygdala.artifact import load_artifact
     from amygdala.errors import ConfigError
     from amygdala.models import load_model
@@ -105,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the text is empty; pass the text to read as the last argument")
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
+    check_readout_outputs(args)
     artifact = load_artifact(args.vectors, args.manifest)
     has_combined = "combined" in artifact.manifest
     layer: LayerChoice = args.layer
@@ -132,14 +153,15 @@ def run(args: argparse.Namespace) -> int:
             f"warning: the text was cut to --max-length {args.max_length} tokens", file=sys.stderr
         )
     print_tables(ro, layer, args.top)
+    files: list[tuple[Path, bytes]] = []
     if args.jsonl is not None:
-        atomic_write_text(
-            args.jsonl, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in ro.records())
-        )
-        print(f"wrote {args.jsonl}", file=sys.stderr)
+        lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in ro.records())
+        files.append((args.jsonl, lines.encode("utf-8")))
     if args.html is not None:
-        atomic_write_text(args.html, html_page(ro, title=text[:80], layer=layer))
-        print(f"wrote {args.html}", file=sys.stderr)
+        files.append((args.html, html_page(ro, title=text[:80], layer=layer).encode("utf-8")))
+    atomic_write_files(files)  # both or neither
+    for path, _ in files:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

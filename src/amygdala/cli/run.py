@@ -7,6 +7,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amygdala.train import TrainConfig
 
 HELP = "graph → training data → readout vectors in one command (no arguments: a demo)"
 DESCRIPTION = """\
@@ -65,27 +69,50 @@ def sample_graph() -> Iterator[Path]:
         yield path
 
 
+def check_run_outputs(args: argparse.Namespace, config: TrainConfig) -> None:
+    """Every output of the run (OUT, OUT/training-data, the vectors, the report, the
+    cache) checked before anything is read or written; none may be one of its inputs."""
+    from amygdala._io import Output, check_output, check_outputs
+    from amygdala.cli.extract import source_inputs
+    from amygdala.train import check_output as check_train_output
+    from amygdala.train import input_paths, output_paths
+
+    check_output(Output(args.output_dir, "--output-dir", "dir"))  # the folder first
+    check_train_output(config)
+    data_dir = args.output_dir / "training-data"
+    outputs = [
+        Output(args.output_dir, "--output-dir", "dir"),
+        Output(data_dir, "--output-dir", "tree"),
+        *output_paths(config),
+    ]
+    inputs = [i for i in input_paths(config) if i.path != data_dir]  # written here first
+    check_outputs(outputs, [*source_inputs(args), *inputs])
+
+
 def run(args: argparse.Namespace) -> int:
     from amygdala.cli.extract import has_source, options_from_args, source_from_args
-    from amygdala.cli.train import config_from_args
+    from amygdala.cli.train import config_from_args, restoring, written_paths
     from amygdala.graph.extract import extract
     from amygdala.graph.extract import print_summary as print_extract_summary
-    from amygdala.train import check_output, print_summary, train
+    from amygdala.train import print_summary, train
 
     out: Path = args.output_dir
-    data_dir = out / "training-data"
+    data_dir = out / "training-data"  # check_run_outputs names the same
     flags = argparse.Namespace(
         **{**vars(args), "output": args.output or out / "readout.safetensors"}
     )
     options = options_from_args(args)
     config = config_from_args(flags, training_data_dir=data_dir)
-    check_output(config)  # fail before extracting when the vectors cannot be written
+    check_run_outputs(args, config)  # fail before extracting when an output is unusable
     use_sample = not has_source(args)
-    with sample_graph() if use_sample else contextlib.nullcontext(None) as default:
-        source = source_from_args(args, default_graph=default)
-        summary = extract(source, options, data_dir)
-    print_extract_summary(summary)
-    result = train(config)
+    # a failure anywhere (bad --target-layers, a missing model, a full disk …) puts the
+    # training data, the vectors and the report back as they were
+    with restoring([data_dir, *written_paths(config)], f"left {out} as it was before this run"):
+        with sample_graph() if use_sample else contextlib.nullcontext(None) as default:
+            source = source_from_args(args, default_graph=default)
+            summary = extract(source, options, data_dir)
+        print_extract_summary(summary)
+        result = train(config)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
         print_summary(result)
     return 0

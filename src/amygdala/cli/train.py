@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,10 +211,29 @@ def config_from_args(
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from amygdala.train import print_summary, train
+def written_paths(config: TrainConfig) -> list[Path]:
+    """The files a training run replaces: put back as they were when it fails."""
+    from amygdala.report import report_paths
 
-    result = train(config_from_args(args))
+    report = report_paths(config.report_dir) if config.report_dir is not None else ()
+    return [config.output, config.manifest_path, *report]
+
+
+def restoring(paths: Sequence[Path], note: str = "") -> contextlib.AbstractContextManager[None]:
+    """`restore_on_failure(paths)` in the process that writes (rank 0 under torchrun)."""
+    from amygdala._io import restore_on_failure
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    return restore_on_failure(paths, note) if is_main else contextlib.nullcontext()
+
+
+def run(args: argparse.Namespace) -> int:
+    from amygdala.train import check_output, print_summary, train
+
+    config = config_from_args(args)
+    check_output(config)  # before the backup: nothing to put back when the paths are bad
+    with restoring(written_paths(config)):  # the report can fail after the vectors
+        result = train(config)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
         print_summary(result)
         if args.report:
