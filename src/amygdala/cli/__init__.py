@@ -6,13 +6,17 @@ Each subcommand module defines `HELP` (one line), `add_arguments(parser)` and
 entry in `COMMANDS`.
 
 Errors derived from `AmygdalaError` are printed as one `error: …` line with a non-zero
-exit code; anything else is a bug and keeps its traceback.
+exit code. An `OSError` that escapes a command (every write goes through `amygdala._io`,
+which names the path and the cause itself, so this is the last resort) is printed the
+same way, with exit code 2. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -67,13 +71,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
     except AmygdalaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `amygdala … | head`: the reader left; say nothing more
+        _drop_stdout()
+        return 1
+    except OSError as exc:  # the last resort: every write names its path through _io
+        _drop_stdout()
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.flush()  # a full disk or a closed pipe behind stdout shows here, not at exit
+    except BrokenPipeError:
+        _drop_stdout()
+        return 1
+    except OSError as exc:
+        _drop_stdout()
+        print(f"error: cannot write standard output: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null when it cannot be written, so that Python's flush at exit
+    adds no second message."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def os_error_line(exc: OSError) -> str:
+    """`[Errno 28] No space left on device: 'x'` as `x: No space left on device`."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    names = [os.fsdecode(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {cause}" if names else cause
 
 
 def run_subcommand(name: str, argv: Sequence[str] | None = None) -> int:
