@@ -92,6 +92,18 @@ def layer_choice(value: str) -> LayerChoice:
         ) from None
 
 
+def read_stdin() -> str:
+    """The text on standard input; bytes that are not UTF-8 read as U+FFFD."""
+    from amygdala.errors import ConfigError
+
+    if sys.stdin is None:
+        raise ConfigError("standard input is closed; pass the text to read as the last argument")
+    try:
+        return sys.stdin.buffer.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the text from standard input: {exc.strerror}") from None
+
+
 def check_readout_outputs(args: argparse.Namespace) -> None:
     """--html and --jsonl checked before the model loads; neither may be an input (the
     vectors, the manifest, a file of the model) nor the other."""
@@ -120,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from amygdala.models import load_model
     from amygdala.readout import readout
 
-    text = sys.stdin.read() if args.text == "-" else args.text
+    text = read_stdin() if args.text == "-" else args.text
     if not text.strip():
         raise ConfigError("the text is empty; pass the text to read as the last argument")
     if args.top < 1:
