@@ -20,7 +20,6 @@ characters appear in a later chunk, so a chunk's `text` may differ from its `tok
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from amygdala._text import JSONError, has_lone_surrogate, parse_json
 from amygdala.errors import ConfigError
 from amygdala.serve.engine import (
     SEED_RANGE,
@@ -115,12 +115,12 @@ def error_body(
 
 
 def parse_body(raw: bytes) -> Any:
-    """The JSON value of a request body; what is not strict JSON in UTF-8 is a 400.
+    """The JSON value of a request body; what is not usable JSON text is a 400.
 
-    Strict means: UTF-8 only, no `NaN`/`Infinity`, no integer longer than Python reads,
-    nesting that the parser can follow, and no lone surrogate (a `\\ud800` escape without
-    its pair, which no tokenizer can encode). Integers keep their exact value, so a
-    `seed` beyond 64 bits is reported as such, not as a float.
+    UTF-8 only; the JSON layer is `amygdala._text.parse_json`, the one every reader
+    uses (nesting bounded at `MAX_JSON_DEPTH`, integers kept exact, so a `seed` beyond
+    64 bits is reported as such). A lone surrogate (a `\\ud800` escape without its
+    pair) is not text and no tokenizer takes it: it is a 400 naming the field.
     """
     try:
         text = raw.decode("utf-8")
@@ -129,19 +129,9 @@ def parse_body(raw: bytes) -> Any:
             400, f"the request body is not UTF-8 (bad byte at offset {exc.start}); send JSON"
         ) from None
     try:
-        value = json.loads(text, parse_constant=_no_constant)
-    except RecursionError:
-        raise RequestError(
-            400, "the request body is not valid JSON: it is nested too deeply"
-        ) from None
-    except RequestError:
-        raise
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
-    except ValueError:  # Python reads integers of at most 4300 digits
-        raise RequestError(
-            400, "the request body is not valid JSON: it holds an integer of over 4300 digits"
-        ) from None
+        value = parse_json(text)
+    except JSONError as exc:
+        raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
     found = _lone_surrogate(value)
     if found is not None:
         where, param = found
@@ -154,20 +144,6 @@ def parse_body(raw: bytes) -> Any:
     return value
 
 
-def _no_constant(name: str) -> Any:
-    raise RequestError(400, f"the request body is not valid JSON: {name} is not a JSON number")
-
-
-def _has_surrogate(s: str) -> bool:
-    if s.isascii():
-        return False
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _lone_surrogate(value: Any) -> tuple[str, str | None] | None:
     """Where the first string holding a lone surrogate is (`'messages[0].content'`), and
     the top-level field it is under; None when there is none. Iterative: any depth."""
@@ -175,11 +151,11 @@ def _lone_surrogate(value: Any) -> tuple[str, str | None] | None:
     while stack:
         item, path, field = stack.pop()
         if isinstance(item, str):
-            if _has_surrogate(item):
+            if has_lone_surrogate(item):
                 return (f"'{path}'" if path else "the request body"), field
         elif isinstance(item, dict):
             for key, child in item.items():
-                if _has_surrogate(key):
+                if has_lone_surrogate(key):
                     return f"a key in {f'{path!r}' if path else 'the request body'}", field
                 if isinstance(child, (str, dict, list)):
                     stack.append((child, f"{path}.{key}" if path else key, field or key))
