@@ -14,6 +14,7 @@ The returned data is checked too: what a reader hands on is plain, encodable tex
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -23,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amygdala._text import MAX_JSON_DEPTH, JSONError, parse_json
+from amygdala._text import MAX_JSON_DEPTH, JSONError, parse_json, text_argument
 from amygdala.artifact import check_pair
 from amygdala.corpus import NEGATIVE, POSITIVE, load_corpus
 from amygdala.errors import CorpusError, GraphError
@@ -300,3 +301,16 @@ def test_manifest_checks_list_problems_and_never_raise(manifest: dict[str, objec
     layers = manifest["layers"]
     if isinstance(layers, list) and any(isinstance(x, bool) for x in layers):
         assert any("'layers' must be a list of non-negative integers" in p for p in problems)
+
+
+@FUZZ
+@given(argument=st.text(ANY_CHAR, max_size=100), piped=st.binary(max_size=100))
+def test_text_arguments_and_stdin_become_encodable_text(argument: str, piped: bytes) -> None:
+    """What the CLI hands a tokenizer: U+FFFD wherever the input was not Unicode text."""
+    if argument != "-":
+        got = text_argument(argument)
+        want = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in argument)
+        assert got == want
+    from_stdin = text_argument("-", io.BytesIO(piped))
+    assert from_stdin == piped.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    assert encodable(from_stdin)

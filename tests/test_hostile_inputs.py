@@ -346,6 +346,16 @@ def _all_rows_bad_polarity(c: Case) -> Argv:
     return c.train(data)
 
 
+def _model_json_nested(name: str) -> Callable[[Case], Argv]:
+    def build(c: Case) -> Argv:
+        model = c.root / "model"
+        shutil.copytree(c.setup.models["llama"], model)
+        (model / name).write_bytes(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+        return train_args(model, write_training_data(c.root / "data"), c.root / "out" / "r.st")
+
+    return build
+
+
 def _pickled_weights(c: Case) -> Argv:
     import torch
     from safetensors.torch import load_file
@@ -410,6 +420,18 @@ FATAL: dict[str, tuple[Callable[[Case], Argv], int, str]] = {
         2,
         "every training text has nothing to pool: --pool-start 1000 skips all of their real tokens",
     ),
+    "model-config-nested": (
+        _model_json_nested("config.json"),
+        2,
+        "cannot load model config for '{root}/model': one of its JSON files is nested too "
+        "deeply to read",
+    ),
+    "tokenizer-json-nested": (
+        _model_json_nested("tokenizer_config.json"),
+        2,
+        "cannot load a tokenizer for '{root}/model': one of its JSON files is nested too "
+        "deeply to read",
+    ),
     "pickled-weights": (
         _pickled_weights,
         2,
@@ -426,7 +448,7 @@ def test_unreadable_input_gives_one_clear_error(setup: Setup, tmp_path: Path, na
     argv = build(case)
     before = snapshot(tmp_path)
     done = amygdala(*argv)
-    assert_clean_failure(done, code, message)
+    assert_clean_failure(done, code, message.format(root=tmp_path))
     assert snapshot(tmp_path) == before  # nothing written, nothing touched
     if name == "pool-start-beyond-every-text":
         assert "fp16" not in done.stderr  # an fp32 run is not told about fp16 overflow

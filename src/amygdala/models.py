@@ -147,8 +147,8 @@ def _load_config(name: str, revision: str | None, trust_remote_code: bool) -> ob
     try:
         return AutoConfig.from_pretrained(name, revision=revision,
                                           trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, RecursionError) as exc:
+        first = _first_line(exc)
         hint = ("" if local.exists() else
                 "; pass a local model directory, or a Hub id that is already in the cache "
                 "(set HF_HUB_OFFLINE=1 to forbid downloads)")
@@ -214,11 +214,18 @@ def load_model(
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of a library's error, without terminal colour codes."""
+    if isinstance(exc, RecursionError):  # transformers' json.load of a hostile file
+        return "one of its JSON files is nested too deeply to read"
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _weights_error(name: str, exc: Exception) -> ModelLoadError:
     """Why the weights did not load, in one line: a pickle checkpoint the weights-only
     loader refuses is not a corrupt file, and saying so would send the user astray."""
-    text = _ANSI.sub("", str(exc)).strip()
-    first = text.splitlines()[0] if text else ""
+    text = _ANSI.sub("", str(exc))
     if type(exc).__name__ == "UnpicklingError" or "weights only load failed" in text.lower():
         return ModelLoadError(
             f"cannot load model weights from {name!r}: its pickle checkpoint "
@@ -227,8 +234,10 @@ def _weights_error(name: str, exc: Exception) -> ModelLoadError:
             "trust the file, convert it to model.safetensors (load it with torch.load and "
             "weights_only=False, save it with safetensors.torch.save_file)"
         )
+    detail = _first_line(exc)
+    kind = type(exc).__name__ if detail == type(exc).__name__ else f"{type(exc).__name__}: {detail}"
     return ModelLoadError(
-        f"cannot load model weights from {name!r}: {type(exc).__name__}: {first} "
+        f"cannot load model weights from {name!r}: {kind} "
         "(truncated or corrupt weight files? download or copy them again)"
     )
 
@@ -241,9 +250,8 @@ def load_tokenizer(name: str, *, revision: str | None = None,
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision,
                                             trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {first}") from None
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {_first_line(exc)}") from None
     if tok.pad_token_id is None:
         # Any id works: padded positions are masked from attention and from pooling.
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
