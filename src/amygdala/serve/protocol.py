@@ -211,12 +211,13 @@ def _number(body: Mapping[str, Any], name: str, default: float) -> float:
 
 
 def _int_in(
-    body: Mapping[str, Any], name: str, default: Any, low: int, high: int, what: str = "in"
+    body: Mapping[str, Any], name: str, default: Any, low: int, high: int, what: str = ""
 ) -> Any:
     """An integer in `low..high` (null: `default`), else a 400 naming the range."""
     value = _get(body, name, int, default)
     if value is not None and not low <= value <= high:
-        raise RequestError(400, f"'{name}' must be {what} {low}..{high}, got {value}", name)
+        rule = f"{what} ({low}..{high})" if what else f"in {low}..{high}"
+        raise RequestError(400, f"'{name}' must be {rule}, got {value}", name)
     return value
 
 
@@ -272,7 +273,7 @@ def _sampling(body: dict[str, Any], default_max: int) -> SamplingParams:
             temperature=_number(body, "temperature", 1.0),
             top_p=_number(body, "top_p", 1.0),
             stop=stops,
-            seed=_int_in(body, "seed", None, *SEED_RANGE, what="a 64-bit integer,"),
+            seed=_int_in(body, "seed", None, *SEED_RANGE, what="a 64-bit integer"),
             ignore_eos=_get(body, "ignore_eos", bool, False),
         )
     except ConfigError as exc:
