@@ -72,12 +72,13 @@ def clean_text(text: str) -> str:
     return _SURROGATE.sub(REPLACEMENT, text) if has_lone_surrogate(text) else text
 
 
-def decode_utf8(data: bytes, *, label: str, error: type[AmygdalaError], replace: bool = False
-                ) -> str:
+def decode_utf8(
+    data: bytes, *, label: str, error: type[AmygdalaError], replace: bool = False
+) -> str:
     """UTF-8 bytes → text (a leading BOM dropped); invalid bytes raise `error` naming
     `label` and the byte offset, or become U+FFFD with `replace=True`."""
     if data.startswith(BOM):
-        data = data[len(BOM):]
+        data = data[len(BOM) :]
     try:
         return data.decode("utf-8", "replace" if replace else "strict")
     except UnicodeDecodeError as exc:
@@ -94,7 +95,7 @@ def text_argument(value: str, stdin: BinaryIO | None = None) -> str:
     if value == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
         data = stream.read()
-        value = (data[len(BOM):] if data.startswith(BOM) else data).decode("utf-8", "replace")
+        value = (data[len(BOM) :] if data.startswith(BOM) else data).decode("utf-8", "replace")
     return clean_text(value)
 
 
@@ -217,7 +218,7 @@ def jsonl_values(data: bytes) -> Iterator[tuple[int, object]]:
     and reports it: one bad line never stops a read). A BOM on line 1 is dropped."""
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         if lineno == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
+            raw = raw[len(BOM) :]
         if not raw.strip():
             continue
         try:

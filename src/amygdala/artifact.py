@@ -195,7 +195,9 @@ def _check_stats(
         if isinstance(values, str):
             problems.append(f"manifest {what} {key} {values}{fix}")
         elif values.shape != shape:
-            problems.append(f"manifest {what} {key} is {values.shape}, expected {names} {shape}{fix}")
+            problems.append(
+                f"manifest {what} {key} is {values.shape}, expected {names} {shape}{fix}"
+            )
         elif not np.isfinite(values).all():
             problems.append(f"manifest {what} {key} holds NaN/Inf{fix}")
         elif key == "std":

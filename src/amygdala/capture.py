@@ -46,8 +46,10 @@ def block_output(output: object) -> Tensor:
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
-    raise TypeError(f"block returned {type(output).__name__}; expected a tensor or a tuple "
-                    "whose first element is the hidden states")
+    raise TypeError(
+        f"block returned {type(output).__name__}; expected a tensor or a tuple "
+        "whose first element is the hidden states"
+    )
 
 
 def pool(hidden: Tensor, keep: Tensor, how: Pooling) -> Tensor:
@@ -97,8 +99,9 @@ def gather_tokens(hidden: Tensor, positions: Tensor) -> Tensor:
     """`[batch, k, hidden]` fp32 residuals at `positions` (NaN where a position is -1)."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
     picked = hidden[rows, positions.clamp_min(0)].to(torch.float32)
-    return torch.where((positions >= 0).unsqueeze(-1), picked,
-                       torch.full_like(picked, float("nan")))
+    return torch.where(
+        (positions >= 0).unsqueeze(-1), picked, torch.full_like(picked, float("nan"))
+    )
 
 
 @dataclass
@@ -118,8 +121,9 @@ class Captured:
         """`[batch, n_layers, hidden]` in the order of `layers`."""
         missing = [layer for layer in layers if layer not in self.pooled]
         if missing:
-            raise RuntimeError(f"layers {missing} produced no activations: the forward pass "
-                               "never reached them")
+            raise RuntimeError(
+                f"layers {missing} produced no activations: the forward pass never reached them"
+            )
         device = self.pooled[layers[0]].device  # with device_map, layers live on several GPUs
         return torch.stack([self.pooled[layer].to(device) for layer in layers], dim=1)
 
@@ -217,27 +221,46 @@ def tokenize(
     special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
     out: list[Tokenized] = []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
-        out.extend(_tokenize_chunk(tokenizer, texts[start:start + TOKENIZE_CHUNK],
-                                   max_length, pool_start, special_ids))
+        out.extend(
+            _tokenize_chunk(
+                tokenizer,
+                texts[start : start + TOKENIZE_CHUNK],
+                max_length,
+                pool_start,
+                special_ids,
+            )
+        )
     return out
 
 
 def _tokenize_chunk(
-    tokenizer: object, texts: Sequence[str], max_length: int, pool_start: int,
+    tokenizer: object,
+    texts: Sequence[str],
+    max_length: int,
+    pool_start: int,
     special_ids: frozenset[int],
 ) -> list[Tokenized]:
     char_cap = max(max_length * 64, 4096)  # no need to tokenize a 5 MB node in full
     # lone surrogates (a \ud800 escape, undecodable argv/stdin bytes) crash the tokenizer
     clipped = [clean_text(t if len(t) <= char_cap else t[:char_cap]) for t in texts]
-    enc = tokenizer(clipped, add_special_tokens=True, truncation=True,  # type: ignore[operator]
-                    max_length=max_length, return_special_tokens_mask=True,
-                    return_attention_mask=False)
+    enc = tokenizer(
+        clipped,
+        add_special_tokens=True,
+        truncation=True,  # type: ignore[operator]
+        max_length=max_length,
+        return_special_tokens_mask=True,
+        return_attention_mask=False,
+    )
     full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= max_length]
     longer: set[int] = set()
     if full:
-        probe = tokenizer([clipped[i] for i in full], add_special_tokens=True,  # type: ignore[operator]
-                          truncation=True, max_length=max_length + 1,
-                          return_attention_mask=False)
+        probe = tokenizer(
+            [clipped[i] for i in full],
+            add_special_tokens=True,  # type: ignore[operator]
+            truncation=True,
+            max_length=max_length + 1,
+            return_attention_mask=False,
+        )
         longer = {i for i, ids in zip(full, probe["input_ids"]) if len(ids) > max_length}
         longer |= {i for i in full if len(texts[i]) > char_cap}
     out = []
@@ -277,7 +300,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_batch(
@@ -339,11 +362,18 @@ def capture_texts(
     toks = tokenize(lm.tokenizer, texts, max_length=stats.token_limit, pool_start=pool_start)
     stats.truncated += sum(t.truncated for t in toks)
     side: Literal["left", "right"] = padding_side or (
-        "left" if getattr(lm.tokenizer, "padding_side", "right") == "left" else "right")
+        "left" if getattr(lm.tokenizer, "padding_side", "right") == "left" else "right"
+    )
     pad_id = int(lm.tokenizer.pad_token_id or 0)
     batches = length_batches([len(t.ids) for t in toks], batch_size)
-    bar = tqdm(total=len(texts), unit="text", desc="capture", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=len(texts),
+        unit="text",
+        desc="capture",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
     start = time.perf_counter()
     try:
         for batch in batches:
@@ -351,8 +381,10 @@ def capture_texts(
             ids, mask, keep = pad_batch(items, pad_id, side)
             ids, mask, keep = ids.to(lm.device), mask.to(lm.device), keep.to(lm.device)
             sample = token_sample(keep, sample_tokens) if sample_tokens else None
-            with torch.inference_mode(), capture(lm.blocks, layers, keep, pooling,
-                                                 sample=sample) as out:
+            with (
+                torch.inference_mode(),
+                capture(lm.blocks, layers, keep, pooling, sample=sample) as out,
+            ):
                 lm.model(**forward_kwargs(lm, ids, mask))
             n_tokens = int(mask.sum())
             stats.forward_passes += 1
@@ -360,11 +392,16 @@ def capture_texts(
             stats.tokens += n_tokens
             bar.update(len(batch))
             elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{stats.texts / elapsed:.1f} texts/s, "
-                                f"{stats.tokens / elapsed:.0f} tok/s", refresh=False)
-            yield PooledBatch(index=torch.tensor(batch, dtype=torch.long),
-                              acts=out.stacked(layers), n_tokens=n_tokens,
-                              tokens=out.stacked_tokens(layers) if sample_tokens else None)
+            bar.set_postfix_str(
+                f"{stats.texts / elapsed:.1f} texts/s, {stats.tokens / elapsed:.0f} tok/s",
+                refresh=False,
+            )
+            yield PooledBatch(
+                index=torch.tensor(batch, dtype=torch.long),
+                acts=out.stacked(layers),
+                n_tokens=n_tokens,
+                tokens=out.stacked_tokens(layers) if sample_tokens else None,
+            )
     finally:
         bar.close()
         stats.seconds += time.perf_counter() - start
@@ -393,22 +430,30 @@ def explain_nonfinite(
     `dtype_flag` is the --dtype the user passed (`auto`, `fp16` …).
     """
     limit = token_limit(lm, max_length)
-    empty = sum(not any(t.keep) for t in tokenize(
-        lm.tokenizer, texts, max_length=limit, pool_start=pool_start))
+    empty = sum(
+        not any(t.keep)
+        for t in tokenize(lm.tokenizer, texts, max_length=limit, pool_start=pool_start)
+    )
     why_empty = "they hold only special tokens"
     if empty and pool_start:
         longest = max(sum(t.keep) for t in tokenize(lm.tokenizer, texts, max_length=limit))
         if longest:
-            why_empty = (f"--pool-start {pool_start} skips all of their real tokens (the "
-                         f"longest text has {longest}); lower --pool-start")
-    overflow = ("fp16 overflows on many models: use --dtype bf16 or fp32"
-                if lm.dtype == torch.float16 else
-                f"the model computes in {str(lm.dtype).removeprefix('torch.')} and still "
-                "gives NaN/Inf: check its weight files")
+            why_empty = (
+                f"--pool-start {pool_start} skips all of their real tokens (the "
+                f"longest text has {longest}); lower --pool-start"
+            )
+    overflow = (
+        "fp16 overflows on many models: use --dtype bf16 or fp32"
+        if lm.dtype == torch.float16
+        else f"the model computes in {str(lm.dtype).removeprefix('torch.')} and still "
+        "gives NaN/Inf: check its weight files"
+    )
     if empty == len(texts):
         return f"every training text has nothing to pool: {why_empty}"
     if not empty:
         return f"every training text gave NaN/Inf activations with --dtype {dtype_flag}; {overflow}"
-    return (f"no training text is usable: {empty} have nothing to pool ({why_empty}) and "
-            f"{len(texts) - empty} gave NaN/Inf activations with --dtype {dtype_flag} "
-            f"({overflow})")
+    return (
+        f"no training text is usable: {empty} have nothing to pool ({why_empty}) and "
+        f"{len(texts) - empty} gave NaN/Inf activations with --dtype {dtype_flag} "
+        f"({overflow})"
+    )

@@ -74,8 +74,14 @@ class Corpus:
     def select(self, concepts: list[str]) -> Corpus:
         """The same texts restricted to `concepts` (in the given order)."""
         cols = [self.concepts.index(c) for c in concepts]
-        return Corpus(self.texts, tuple(concepts), self.train[:, cols], self.heldout[:, cols],
-                      self.source, self.problems)
+        return Corpus(
+            self.texts,
+            tuple(concepts),
+            self.train[:, cols],
+            self.heldout[:, cols],
+            self.source,
+            self.problems,
+        )
 
 
 @dataclass
@@ -120,13 +126,16 @@ def load_corpus(path: str | Path) -> Corpus:
         return load_training_dir(root)
     if any((root / sub).is_dir() for sub in ("stories", "paired", "direct")):
         return load_stories(root)
-    raise CorpusError(f"{root} holds neither <emotion>.jsonl files (a training-data directory) "
-                      "nor stories/, paired/ or direct/ folders (a stories corpus)")
+    raise CorpusError(
+        f"{root} holds neither <emotion>.jsonl files (a training-data directory) "
+        "nor stories/, paired/ or direct/ folders (a stories corpus)"
+    )
 
 
 def _read_jsonl_rows(path: Path, problems: list[str]) -> list[dict[str, object]]:
     data = read_file_bytes(
-        path, error=CorpusError,
+        path,
+        error=CorpusError,
         folder_hint="; a training-data directory holds <emotion>.jsonl files: move the rows "
         "into a file or remove the folder",
     )
@@ -158,10 +167,10 @@ def _row_fact(row: Mapping[str, object], default_concept: str | None) -> _Fact:
         raise ValueError(f"bad 'emotion' {concept!r}")
     polarity = row.get("polarity")
     if polarity not in ("positive", "negative"):
-        raise ValueError(f"'polarity' must be \"positive\" or \"negative\", got {polarity!r}")
+        raise ValueError(f'\'polarity\' must be "positive" or "negative", got {polarity!r}')
     split = row.get("split")
     if split is not None and split not in ("train", "heldout"):
-        raise ValueError(f"'split' must be \"train\" or \"heldout\", got {split!r}")
+        raise ValueError(f'\'split\' must be "train" or "heldout", got {split!r}')
     score = row.get("score")
     if isinstance(score, float) and not math.isfinite(score):
         raise ValueError(f"non-finite 'score' {score!r}")
@@ -238,7 +247,8 @@ def _skipped_detail(problems: Sequence[str], shown: int = 3) -> str:
         by_reason.setdefault(reason, []).append(where)
     ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))
     parts = [
-        f"{reason} ({len(wheres)} rows, first {wheres[0]})" if len(wheres) > 1
+        f"{reason} ({len(wheres)} rows, first {wheres[0]})"
+        if len(wheres) > 1
         else f"{wheres[0]}: {reason}"
         for reason, wheres in ranked[:shown]
     ]
@@ -262,16 +272,18 @@ def load_stories(root: Path) -> Corpus:
     shared_negatives: list[str] = []
     for sub in ("stories", "direct"):
         for path in sorted((root / sub).glob("*.txt")):
-            target = shared_negatives if path.stem.startswith("_") else positives.setdefault(
-                normalize_concept(path.stem), [])
+            target = (
+                shared_negatives
+                if path.stem.startswith("_")
+                else positives.setdefault(normalize_concept(path.stem), [])
+            )
             target.extend(read_paragraphs(path))
     for scenario in sorted(p for p in (root / "paired").glob("*") if p.is_dir()):
         for path in sorted(scenario.glob("*.txt")):
             if path.stem == "baseline" or path.stem.startswith("_"):
                 shared_negatives.extend(read_paragraphs(path))
             else:
-                positives.setdefault(normalize_concept(path.stem), []).extend(
-                    read_paragraphs(path))
+                positives.setdefault(normalize_concept(path.stem), []).extend(read_paragraphs(path))
     for path in sorted(root.glob("_*.txt")):
         shared_negatives.extend(read_paragraphs(path))
     builder = _Builder(source=f"stories:{root}")

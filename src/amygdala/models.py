@@ -31,8 +31,21 @@ PACKAGED_MINILM_NAMES = frozenset(
 
 # model_type values of encoder-only families: loaded with AutoModel, not as causal LMs.
 ENCODER_TYPES = frozenset(
-    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta",
-     "deberta-v2", "albert", "camembert", "modernbert", "nomic_bert", "e5"}
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "electra",
+        "mpnet",
+        "deberta",
+        "deberta-v2",
+        "albert",
+        "camembert",
+        "modernbert",
+        "nomic_bert",
+        "e5",
+    }
 )
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
@@ -97,8 +110,10 @@ def resolve_device(device: str | None) -> torch.device:
     except RuntimeError as exc:
         raise ConfigError(f"--device {device!r} is not a torch device ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU; "
-                          "pass --device cpu or leave --device out to choose automatically")
+        raise ConfigError(
+            "--device cuda was asked for, but torch sees no CUDA GPU; "
+            "pass --device cpu or leave --device out to choose automatically"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for, but MPS is not available here")
     return dev
@@ -108,8 +123,14 @@ def resolve_dtype(dtype: DType | str, device: torch.device) -> torch.dtype:
     """The model's compute dtype; `auto` is bf16 on CUDA GPUs that support it, else fp32."""
     import torch
 
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -142,16 +163,22 @@ def _load_config(name: str, revision: str | None, trust_remote_code: bool) -> ob
 
     local = Path(name)
     if local.exists() and not (local / "config.json").is_file():
-        raise ModelLoadError(f"model directory {local} has no config.json; is it a Hugging "
-                             "Face model directory (save_pretrained output)?")
+        raise ModelLoadError(
+            f"model directory {local} has no config.json; is it a Hugging "
+            "Face model directory (save_pretrained output)?"
+        )
     try:
-        return AutoConfig.from_pretrained(name, revision=revision,
-                                          trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, RecursionError) as exc:
         first = _first_line(exc)
-        hint = ("" if local.exists() else
-                "; pass a local model directory, or a Hub id that is already in the cache "
-                "(set HF_HUB_OFFLINE=1 to forbid downloads)")
+        hint = (
+            ""
+            if local.exists()
+            else "; pass a local model directory, or a Hub id that is already in the cache "
+            "(set HF_HUB_OFFLINE=1 to forbid downloads)"
+        )
         raise ModelLoadError(f"cannot load model config for {name!r}: {first}{hint}") from None
 
 
@@ -191,8 +218,11 @@ def load_model(
     kind = model_kind(config)
     tokenizer = load_tokenizer(resolved, revision=revision, trust_remote_code=trust_remote_code)
     loader = AutoModelForCausalLM if kind == "decoder" else AutoModel
-    kwargs: dict[str, object] = {"revision": revision, "trust_remote_code": trust_remote_code,
-                                 "dtype": torch_dtype}
+    kwargs: dict[str, object] = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "dtype": torch_dtype,
+    }
     if device_map:
         kwargs["device_map"] = device_map
     try:
@@ -205,10 +235,20 @@ def load_model(
     path, blocks = find_blocks(model, blocks_path)
     hidden = _hidden_size(config)
     params = frozenset(inspect.signature(model.forward).parameters)
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=name, revision=revision,
-                       kind=kind, blocks_path=path, blocks=blocks, hidden_size=hidden,
-                       device=_first_device(model, dev), dtype=torch_dtype,
-                       forward_params=params, max_positions=max_positions(config))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=name,
+        revision=revision,
+        kind=kind,
+        blocks_path=path,
+        blocks=blocks,
+        hidden_size=hidden,
+        device=_first_device(model, dev),
+        dtype=torch_dtype,
+        forward_params=params,
+        max_positions=max_positions(config),
+    )
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -242,14 +282,16 @@ def _weights_error(name: str, exc: Exception) -> ModelLoadError:
     )
 
 
-def load_tokenizer(name: str, *, revision: str | None = None,
-                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token set (padding is always masked out)."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=revision,
-                                            trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {_first_line(exc)}") from None
     if tok.pad_token_id is None:
@@ -258,8 +300,14 @@ def load_tokenizer(name: str, *, revision: str | None = None,
     return tok
 
 
-_POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
-                   "n_ctx", "max_sequence_length")
+_POSITION_ATTRS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "n_ctx",
+    "max_sequence_length",
+)
 # encoders whose position ids start after the padding index: positions pad_token_id + 1 on
 _OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 

@@ -150,7 +150,9 @@ class FileSource:
         """Read the whole export (see the module docstring for the rules)."""
         path = Path(self.path)
         data = read_file_bytes(
-            path, label=f"--graph {path}", error=GraphError,
+            path,
+            label=f"--graph {path}",
+            error=GraphError,
             folder_hint="; pass the export file (.jsonl)",
         )
         values = _array_values(data, path) if _looks_like_array(data) else _jsonl_values(data)
