@@ -92,8 +92,11 @@ def os_error(path: Path | str, exc: OSError, hint: str = "") -> OutputError:
         cause = f"{cause} ({where})"
     if exc.errno == errno.ENAMETOOLONG:
         longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
-        folder, _ = _first_existing(Path(os.path.abspath(path)).parent)
-        cause = f"{cause} (a name of {longest} bytes; this file system allows {_name_max(folder)})"
+        with contextlib.suppress(OSError):
+            folder, _ = _first_existing(Path(os.path.abspath(path)).parent)
+            cause = (
+                f"{cause} (a name of {longest} bytes; this file system allows {_name_max(folder)})"
+            )
     return _fail(path, cause, _FIXES.get(exc.errno or 0, ""), hint)
 
 
@@ -214,17 +217,18 @@ def _label(out: Output) -> str:
 def check_output(out: Output) -> None:
     """Everything about one output path that can be known before writing it (module
     docstring); raises `OutputError`."""
-    path = Path(os.path.abspath(out.path))
     label = _label(out)
+    with naming(label, out.hint):  # e.g. a folder on the way that may not be searched
+        _check_output(Path(os.path.abspath(out.path)), out, label)
+
+
+def _check_output(path: Path, out: Output, label: str) -> None:
     refuse_special(path, out.kind, label, out.hint)
     exists = _stat(path) is not None
     start = path if (exists and out.kind == "dir") else path.parent
     folder, missing = _first_existing(start)
-    with naming(label, out.hint):
-        if not stat.S_ISDIR(os.stat(folder).st_mode):
-            raise _fail(
-                label, f"{folder} is a file, not a directory", "pass another path", out.hint
-            )
+    if not stat.S_ISDIR(os.stat(folder).st_mode):
+        raise _fail(label, f"{folder} is a file, not a directory", "pass another path", out.hint)
     limit = _name_max(folder)
     for name in [*missing, *([] if exists else [path.name])]:
         size = len(os.fsencode(name))
