@@ -92,14 +92,16 @@ def layer_choice(value: str) -> LayerChoice:
         ) from None
 
 
-def read_stdin() -> str:
-    """The text on standard input; bytes that are not UTF-8 read as U+FFFD."""
+def read_text(value: str) -> str:
+    """The text to read: the argument, or standard input for `-` (`_text.text_argument`:
+    bytes that are not UTF-8 and lone surrogates become U+FFFD)."""
+    from amygdala._text import text_argument
     from amygdala.errors import ConfigError
 
-    if sys.stdin is None:
+    if value == "-" and sys.stdin is None:
         raise ConfigError("standard input is closed; pass the text to read as the last argument")
     try:
-        return sys.stdin.buffer.read().decode("utf-8", "replace")
+        return text_argument(value)
     except OSError as exc:
         raise ConfigError(f"cannot read the text from standard input: {exc.strerror}") from None
 
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from amygdala.models import load_model
     from amygdala.readout import readout
 
-    text = read_stdin() if args.text == "-" else args.text
+    text = read_text(args.text)
     if not text.strip():
         raise ConfigError("the text is empty; pass the text to read as the last argument")
     if args.top < 1:
