@@ -10,17 +10,28 @@ whose halves come from different runs is caught.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from amygdala._defaults import (
+    MAX_LENGTH,
+    POOL_START,
+    POOLING,
+    POOLINGS,
+    VECTORS_DTYPES,
+    Pooling,
+    VectorsDtype,
+)
 from amygdala._io import atomic_write_files, json_bytes
 from amygdala._text import JSONError, parse_json, read_file_bytes, read_json_file
 from amygdala.errors import ArtifactError
@@ -28,10 +39,8 @@ from amygdala.errors import ArtifactError
 FORMAT = "amygdala-readout/1"
 METADATA_KEY = "amygdala_manifest"
 RUNTIME_FIELDS = ("concepts", "layers", "hidden_size", "dtype")
-VECTOR_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
+VECTOR_DTYPES: dict[VectorsDtype, torch.dtype] = {
+    name: getattr(torch, name) for name in VECTORS_DTYPES
 }
 _KEY_RE = re.compile(r"^layer_(\d+)\.vectors$")
 
@@ -50,20 +59,168 @@ def norm_tolerance(dtype: str) -> float:
     return {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}.get(dtype, 1e-2)
 
 
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+# The manifest's optional fields: how each must look, and what it should be when it does
+# not (null always passes: "not recorded"). `check_fields` reports the rest.
+_FIELD_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "format": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "model": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "model_revision": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "model_kind": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "model_layers": (_optional(lambda v: _is_int(v) and cast(int, v) >= 1), "a positive integer"),
+    "blocks_path": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "pooling": (_optional(lambda v: v in POOLINGS), f"one of {', '.join(POOLINGS)}"),
+    "pool_start": (_optional(lambda v: _is_int(v) and cast(int, v) >= 0), "an integer >= 0"),
+    "max_length": (_optional(lambda v: _is_int(v) and cast(int, v) >= 1), "a positive integer"),
+    "method": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "model_dtype": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "training_data": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "counts": (_optional(lambda v: isinstance(v, dict)), "an object"),
+    "skipped_concepts": (_optional(lambda v: isinstance(v, dict)), "an object"),
+    "amygdala_version": (_optional(lambda v: isinstance(v, str)), "a string"),
+    "denoise": (_optional(lambda v: isinstance(v, dict)), "an object"),
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`readout.json`, typed: what the trainer wrote, with one attribute per field.
+
+    The four runtime fields always exist; every other field is None when the manifest
+    does not record it (an older or hand-written one), and the `capture_*` properties
+    fill in the defaults the trainer used before it recorded them. `calibration` and
+    `combined` stay JSON objects (`amygdala.readout` turns them into tensors after
+    `check_calibration` / `check_combined`). Keys this class does not name are kept in
+    `extra`, and `to_dict()` gives back the JSON object it was read from, key order
+    included, so a manifest read and written again is the same file.
+
+    Example:
+        m = Manifest.from_dict(json.loads(Path("out/readout.json").read_text()))
+        m.hidden_size, m.capture_pooling  # (384, 'mean')
+    """
+
+    concepts: tuple[str, ...]
+    layers: tuple[int, ...]
+    hidden_size: int
+    dtype: VectorsDtype
+    format: str | None = None
+    model: str | None = None  # what --model was: a Hub id, a directory, `minilm`
+    model_revision: str | None = None
+    model_kind: str | None = None  # decoder or encoder
+    model_layers: int | None = None  # blocks of the model the vectors come from
+    blocks_path: str | None = None
+    pooling: Pooling | None = None
+    pool_start: int | None = None
+    max_length: int | None = None
+    method: str | None = None
+    model_dtype: str | None = None  # the model's compute dtype, as torch names it
+    training_data: str | None = None
+    counts: dict[str, Any] | None = None  # concept -> {"positive", "negative"}
+    skipped_concepts: dict[str, Any] | None = None  # concept -> why it was left out
+    amygdala_version: str | None = None
+    calibration: dict[str, Any] | None = None  # per-layer z-score reference (mean, std)
+    combined: dict[str, Any] | None = None  # the combined score over all layers
+    denoise: dict[str, Any] | None = None  # neutral principal components projected out
+    extra: dict[str, Any] = field(default_factory=dict)  # keys not named above, as read
+    key_order: tuple[str, ...] = field(default=(), repr=False)  # the JSON's keys, as read
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """A manifest from its JSON object; `ArtifactError` lists every field that is
+        missing or of the wrong kind (`check_pair` says the same when validating)."""
+        problems = manifest_problems(data)
+        if problems:
+            raise ArtifactError("; ".join(problems))
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "key_order"}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(
+            **{
+                **values,
+                "concepts": tuple(data["concepts"]),
+                "layers": tuple(data["layers"]),
+            },
+            extra={k: v for k, v in data.items() if k not in known},
+            key_order=tuple(data),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: the keys read, in their order, then any field set since."""
+        values = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("extra", "key_order")
+        }
+        values["concepts"], values["layers"] = list(self.concepts), list(self.layers)
+        order = [*self.key_order, *(k for k in values if k not in self.key_order)]
+        out: dict[str, Any] = {}
+        for key in order:
+            if key in self.extra:
+                out[key] = self.extra[key]
+            elif key in values and (key in self.key_order or values[key] is not None):
+                out[key] = values[key]
+        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+
+    @property
+    def capture_pooling(self) -> Pooling:
+        """How texts were pooled (`mean` in manifests that predate the field)."""
+        return self.pooling or POOLING
+
+    @property
+    def capture_pool_start(self) -> int:
+        return POOL_START if self.pool_start is None else self.pool_start
+
+    @property
+    def capture_max_length(self) -> int:
+        return self.max_length or MAX_LENGTH
+
+
+def manifest_problems(manifest: Mapping[str, Any]) -> list[str]:
+    """Every problem with a manifest on its own (`check_pair` adds the vectors')."""
+    missing = [f"manifest lacks {f!r}" for f in RUNTIME_FIELDS if f not in manifest]
+    if missing:
+        return missing
+    return (
+        _check_runtime(manifest)
+        + check_fields(manifest)
+        + check_calibration(manifest)
+        + check_combined(manifest)
+    )
+
+
+def check_fields(manifest: Mapping[str, Any]) -> list[str]:
+    """Problems with the optional provenance fields (a wrong kind of value), one line each."""
+    return [
+        f"manifest {key!r} must be {kind}, got {_short(manifest[key])}"
+        for key, (ok, kind) in _FIELD_RULES.items()
+        if key in manifest and not ok(manifest[key])
+    ]
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A loaded pair: `vectors[layer]` is `[n_concepts, hidden]`, rows in manifest order."""
+    """A loaded pair: `vectors[layer]` is `[n_concepts, hidden]`, rows in manifest order.
+
+    `manifest` is the JSON object as read (serve it, copy it); `meta` is the same,
+    typed (`Manifest`).
+    """
 
     vectors: dict[int, Tensor]
     manifest: dict[str, Any]
 
+    @functools.cached_property
+    def meta(self) -> Manifest:
+        return Manifest.from_dict(self.manifest)
+
     @property
     def concepts(self) -> list[str]:
-        return list(self.manifest["concepts"])
+        return list(self.meta.concepts)
 
     @property
     def layers(self) -> list[int]:
-        return [int(x) for x in self.manifest["layers"]]
+        return list(self.meta.layers)
 
     def stacked(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """`[n_layers, n_concepts, hidden]` in manifest layer order."""
@@ -72,7 +229,7 @@ class Artifact:
 
 def save_artifact(
     vectors: Mapping[int, Tensor],
-    manifest: Mapping[str, Any],
+    manifest: Mapping[str, Any] | Manifest,
     path: str | Path,
     manifest_path: str | Path | None = None,
 ) -> tuple[Path, Path]:
@@ -92,7 +249,7 @@ def save_artifact(
     man_path = Path(manifest_path) if manifest_path else default_manifest_path(vec_path)
     if vec_path.resolve() == man_path.resolve():
         raise ArtifactError(f"--manifest {man_path} would overwrite the vectors file")
-    manifest = dict(manifest)
+    manifest = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
     problems = check_pair({int(k): v for k, v in vectors.items()}, manifest)
     if problems:
         raise ArtifactError("refusing to write an invalid artifact: " + "; ".join(problems))
@@ -111,19 +268,45 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
     problems = [f"manifest lacks {f!r}" for f in RUNTIME_FIELDS if f not in manifest]
     if problems:
         return problems
+    problems = _check_runtime(manifest)
     concepts, layers = manifest["concepts"], manifest["layers"]
     hidden, dtype = manifest["hidden_size"], manifest["dtype"]
-    if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
+    concepts = concepts if _is_concept_list(concepts) else []
+    dtype = dtype if isinstance(dtype, str) and dtype in VECTOR_DTYPES else None
+    if _is_layer_list(layers):  # garbage is listed above; comparing with it says nothing
+        if set(vectors) != set(layers):
+            problems.append(
+                f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}"
+            )
+        for layer in sorted(set(vectors) & set(layers)):
+            problems.extend(_check_layer(layer, vectors[layer], len(concepts), hidden, dtype))
+    return (
+        problems + check_fields(manifest) + check_calibration(manifest) + check_combined(manifest)
+    )
+
+
+def _is_concept_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(c, str) and c for c in value)
+
+
+def _is_layer_list(value: object) -> bool:
+    return isinstance(value, list) and all(_is_int(x) and x >= 0 for x in value)
+
+
+def _check_runtime(manifest: Mapping[str, Any]) -> list[str]:
+    """Problems with the four runtime fields, which must all be present."""
+    problems = []
+    concepts, layers = manifest["concepts"], manifest["layers"]
+    hidden, dtype = manifest["hidden_size"], manifest["dtype"]
+    if not _is_concept_list(concepts):
         problems.append("manifest 'concepts' must be a list of non-empty strings")
-        concepts = []
     elif len(set(concepts)) != len(concepts):
         dupes = sorted({c for c in concepts if concepts.count(c) > 1})
         problems.append(f"manifest 'concepts' has duplicates: {dupes}")
-    if not isinstance(layers, list) or not all(_is_int(x) and x >= 0 for x in layers):
+    if not _is_layer_list(layers):
         problems.append(
             f"manifest 'layers' must be a list of non-negative integers, got {_short(layers)}"
         )
-        layers = None
     elif len(set(layers)) != len(layers):
         problems.append(f"manifest 'layers' has duplicates: {layers}")
     if not _is_int(hidden) or hidden < 1:
@@ -132,15 +315,6 @@ def check_pair(vectors: Mapping[int, Tensor], manifest: Mapping[str, Any]) -> li
         problems.append(
             f"manifest 'dtype' {_short(dtype)} is not one of {', '.join(VECTOR_DTYPES)}"
         )
-        dtype = None
-    if layers is None:  # garbage: its problem is listed, comparing with it says nothing
-        return problems + check_calibration(manifest) + check_combined(manifest)
-    if set(vectors) != set(layers):
-        problems.append(f"vectors hold layers {sorted(vectors)}, manifest says {sorted(layers)}")
-    for layer in sorted(set(vectors) & set(layers)):
-        problems.extend(_check_layer(layer, vectors[layer], len(concepts), hidden, dtype))
-    problems.extend(check_calibration(manifest))
-    problems.extend(check_combined(manifest))
     return problems
 
 

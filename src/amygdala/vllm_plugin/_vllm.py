@@ -115,7 +115,7 @@ def prepare_config(config: Any, settings: ReadoutSettings) -> None:
         return
     try:
         artifact = load_artifact(settings.vectors, settings.manifest)
-        check_fit(artifact.manifest, served_model(config))
+        check_fit(artifact.meta, served_model(config))
         salt = settings.fingerprint()
     except (AmygdalaError, OSError) as exc:
         raise refuse(str(exc)) from None
@@ -126,8 +126,8 @@ def prepare_config(config: Any, settings: ReadoutSettings) -> None:
     config.parallel_config.worker_cls = WORKER_CLS
     log.info(
         "amygdala readout: %d concepts x layers %s from %s",
-        len(artifact.manifest["concepts"]),
-        artifact.manifest["layers"],
+        len(artifact.concepts),
+        artifact.layers,
         settings.vectors,
     )
 
@@ -191,9 +191,9 @@ def build_tap(runner: Any, settings: ReadoutSettings, config: Any) -> ReadoutTap
     from amygdala.vllm_plugin.tap import ReadoutTap
 
     artifact = load_artifact(settings.vectors, settings.manifest)
-    check_fit(artifact.manifest, served_model(config))
+    check_fit(artifact.meta, served_model(config))
     _, blocks = find_blocks(runner.model)
-    layers = [int(layer) for layer in artifact.manifest["layers"]]
+    layers = artifact.layers
     if len(blocks) != served_model(config).n_layers:
         raise ConfigError(
             f"found {len(blocks)} decoder layers in {type(runner.model).__name__}, the "

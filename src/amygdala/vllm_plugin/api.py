@@ -55,7 +55,7 @@ class _Served:
         artifact = load_artifact(settings.vectors, settings.manifest)
         self.manifest = artifact.manifest
         self.manifest_json = orjson.dumps(artifact.manifest)
-        shape = (len(artifact.manifest["layers"]), len(artifact.manifest["concepts"]))
+        shape = (len(artifact.layers), len(artifact.concepts))
         self.zscores = ZScores(artifact.manifest)
         self.combined = CombinedScores(artifact.manifest)
         self.inbox = Inbox()

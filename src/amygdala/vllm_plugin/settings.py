@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amygdala.errors import ConfigError
+
+if TYPE_CHECKING:
+    from amygdala.artifact import Manifest
 
 VECTORS_ENV = "VLLM_READOUT_VECTORS"
 MANIFEST_ENV = "VLLM_READOUT_MANIFEST"
@@ -117,17 +120,19 @@ class ServedModel:
     model_runner_v2: bool = False
 
 
-def check_fit(manifest: Mapping[str, Any], model: ServedModel) -> None:
+def check_fit(manifest: Manifest | Mapping[str, Any], model: ServedModel) -> None:
     """Refuse, with one line that names the fix, an artifact or setup we cannot serve."""
-    hidden = int(manifest["hidden_size"])
-    if hidden != model.hidden_size:
+    from amygdala.artifact import Manifest
+
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    if m.hidden_size != model.hidden_size:
         raise ConfigError(
-            f"the readout vectors have hidden size {hidden}, but {model.name} has "
+            f"the readout vectors have hidden size {m.hidden_size}, but {model.name} has "
             f"{model.hidden_size}; serve the model the artifact was trained on "
-            f"({manifest.get('model', 'unknown')}) or train vectors for this one"
+            f"({m.model or 'unknown'}) or train vectors for this one"
         )
-    layers: Sequence[int] = manifest["layers"]
-    bad = [layer for layer in layers if not 0 <= int(layer) < model.n_layers]
+    layers = m.layers
+    bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
     if bad:
         raise ConfigError(
             f"the readout vectors are for layers {list(layers)}, but {model.name} has "
