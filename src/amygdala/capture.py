@@ -1,7 +1,13 @@
 """Pool residual-stream activations inside forward hooks, one forward pass per text.
 
-Two layers of API:
+Three layers of API:
 
+* `BlockHooks` / `hooked(blocks, layers, on_output)` — the one hook mechanism of the
+  package: forward hooks on `blocks[layers]` that hand each block's residual stream to a
+  callback, and can end the forward pass after the deepest hooked block with the private
+  `_StopForward`, which only this mechanism catches. `capture` below pools in the
+  callback; `amygdala.readout.ResidualRecorder` (the readout and the server) keeps the
+  outputs. `remove()` takes exactly these hooks off and may be called any number of times.
 * `capture(blocks, layers, keep, pooling)` — a context manager around ONE forward
   pass: hooks on the target blocks pool the block output over the `keep` mask as it
   is produced (no `[batch, seq, hidden]` tensor is kept for any layer), and the hook
@@ -20,11 +26,12 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from amygdala._text import clean_text
 from amygdala.errors import ConfigError
@@ -34,10 +41,12 @@ if TYPE_CHECKING:
 
 Pooling = Literal["mean", "last"]
 POOLINGS: tuple[Pooling, ...] = ("mean", "last")
+T = TypeVar("T")
 
 
 class _StopForward(Exception):
-    """Raised by the deepest target hook; caught only by `capture`."""
+    """Raised by the deepest hooked block to end a forward pass early; caught only by
+    `hooked` and `BlockHooks.run`, so every other exception propagates unchanged."""
 
 
 def block_output(output: object) -> Tensor:
@@ -128,6 +137,97 @@ class Captured:
         return torch.stack([self.pooled[layer].to(device) for layer in layers], dim=1)
 
 
+OnOutput = Callable[[int, Tensor], None]  # (absolute layer index, block output [B, T, H])
+
+
+class BlockHooks:
+    """Forward hooks on `blocks[layers]` that call `on_output(layer, hidden)` with each
+    block's residual stream (`block_output`) as the forward pass produces it.
+
+    While `stop_after_deepest` is set, the hook of the deepest block raises
+    `_StopForward` after its callback, so later blocks, the final norm and the LM head
+    never run; run the forward pass through `run` (or inside `hooked`) to end it there.
+    While `enabled` is false the hooks return at once (a forward pass that wants nothing
+    recorded pays almost nothing). `remove()` takes exactly these hooks off, idempotent.
+
+    Example:
+        hooks = BlockHooks(lm.blocks, (1, 3), lambda layer, h: seen.update({layer: h}))
+        try:
+            hooks.run(lambda: lm.model(input_ids=ids))
+        finally:
+            hooks.remove()
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        layers: Sequence[int],
+        on_output: OnOutput,
+        *,
+        stop_after_deepest: bool = False,
+    ) -> None:
+        if not layers:
+            raise ConfigError("no target layers given")
+        self.layers = tuple(layers)
+        self.deepest = max(self.layers)
+        self.on_output = on_output
+        self.stop_after_deepest = stop_after_deepest
+        self.enabled = True
+        self._handles: list[RemovableHandle] = []
+        try:
+            for layer in sorted(set(self.layers)):
+                self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _hook(self, layer: int) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            if not self.enabled:
+                return
+            self.on_output(layer, block_output(output))
+            if self.stop_after_deepest and layer == self.deepest:
+                raise _StopForward
+
+        return hook
+
+    def run(self, forward: Callable[[], T]) -> T | None:
+        """`forward()`'s result, or None when the deepest hook ended it early."""
+        try:
+            return forward()
+        except _StopForward:
+            return None
+
+    def remove(self) -> None:
+        """Take the hooks off (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@contextlib.contextmanager
+def hooked(
+    blocks: nn.ModuleList,
+    layers: Sequence[int],
+    on_output: OnOutput,
+    *,
+    stop_after_deepest: bool = True,
+) -> Iterator[BlockHooks]:
+    """`BlockHooks` for the body of a `with`: the early stop ends the body quietly, and
+    the hooks come off in `finally`, also when the body raises.
+
+    Example:
+        with hooked(lm.blocks, (1, 3), lambda layer, h: outs.append(h)):
+            lm.model(input_ids=ids)  # stops after block 3
+    """
+    hooks = BlockHooks(blocks, layers, on_output, stop_after_deepest=stop_after_deepest)
+    try:
+        with contextlib.suppress(_StopForward):
+            yield hooks
+    finally:
+        hooks.remove()
+
+
 @contextlib.contextmanager
 def capture(
     blocks: nn.ModuleList,
@@ -148,31 +248,15 @@ def capture(
             lm.model(input_ids=ids, attention_mask=mask)
         acts = out.stacked((1, 3))  # [batch, 2, hidden], fp32
     """
-    if not layers:
-        raise ConfigError("no target layers given")
-    deepest = max(layers)
     result = Captured()
-    handles = []
 
-    def make_hook(index: int) -> Callable[[nn.Module, object, object], None]:
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            hidden = block_output(output)
-            result.pooled[index] = pool(hidden, keep.to(hidden.device), pooling)
-            if sample is not None:
-                result.tokens[index] = gather_tokens(hidden, sample.to(hidden.device))
-            if stop_early and index == deepest:
-                raise _StopForward
+    def on_output(layer: int, hidden: Tensor) -> None:
+        result.pooled[layer] = pool(hidden, keep.to(hidden.device), pooling)
+        if sample is not None:
+            result.tokens[layer] = gather_tokens(hidden, sample.to(hidden.device))
 
-        return hook
-
-    try:
-        for index in sorted(set(layers)):
-            handles.append(blocks[index].register_forward_hook(make_hook(index)))
-        with contextlib.suppress(_StopForward):
-            yield result
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked(blocks, layers, on_output, stop_after_deepest=stop_early):
+        yield result
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from amygdala.capture import (
-    block_output,
+    BlockHooks,
     forward_kwargs,
+    hooked,
     token_limit,
     tokenize,
     truncation_note,
@@ -68,10 +69,6 @@ __all__ = [
 
 COMBINED: Literal["combined"] = "combined"
 LayerChoice = int | Literal["combined"]  # an absolute layer index, or the combined score
-
-
-class _StopForward(Exception):
-    """Raised by the deepest recorded block when nothing after it is needed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +187,7 @@ class ResidualRecorder:
     nothing later (logits, the cache of later layers) is needed. `record()` hooks one
     forward pass inside a `with`; `attach()` keeps hooks on for a loop of many passes
     (the server's decode loop) and hands back a handle whose `remove()` is idempotent.
+    Both are the package's one hook mechanism, `amygdala.capture.BlockHooks`.
     """
 
     def __init__(self, blocks: nn.ModuleList, layers: Sequence[int]) -> None:
@@ -218,15 +216,23 @@ class ResidualRecorder:
                 model(input_ids=ids)
             raw, z = projector.project([o[0] for o in outs])  # batch row 0
         """
-        hooks = self.attach()
+        slot: dict[int, Tensor] = {}
         outs: list[Tensor] = []
-        try:
-            hooks.begin(stop_after_deepest)
-            with contextlib.suppress(_StopForward):
-                yield outs
-            outs.extend(hooks.end())
-        finally:
-            hooks.remove()
+        with hooked(
+            self.blocks, self.layers, slot.__setitem__, stop_after_deepest=stop_after_deepest
+        ):
+            yield outs
+        outs.extend(_in_order(slot, self.layers))
+
+
+def _in_order(slot: dict[int, Tensor], layers: Sequence[int]) -> list[Tensor]:
+    """The recorded outputs in the order of `layers`; every layer must have one."""
+    missing = [layer for layer in layers if layer not in slot]
+    if missing:
+        raise RuntimeError(
+            f"layers {missing} produced no output: the forward pass never reached them"
+        )
+    return [slot[layer] for layer in layers]
 
 
 T = TypeVar("T")
@@ -242,64 +248,41 @@ class AttachedHooks:
 
     def __init__(self, recorder: ResidualRecorder) -> None:
         self._layers = recorder.layers
-        self._deepest = recorder.deepest
-        self._slot: dict[int, Tensor] | None = None
-        self._stop = False
-        self._handles: list[Any] = []
-        try:
-            for layer in sorted(set(self._layers)):
-                hook = self._make_hook(layer)
-                self._handles.append(recorder.blocks[layer].register_forward_hook(hook))
-        except BaseException:
-            self.remove()
-            raise
-
-    def _make_hook(self, layer: int) -> Callable[[nn.Module, object, object], None]:
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            slot = self._slot
-            if slot is None:
-                return
-            slot[layer] = block_output(output)
-            if self._stop and layer == self._deepest:
-                raise _StopForward
-
-        return hook
+        self._slot: dict[int, Tensor] = {}
+        self._hooks = BlockHooks(recorder.blocks, recorder.layers, self._slot.__setitem__)
+        self._hooks.enabled = False
 
     def begin(self, stop_after_deepest: bool = False) -> None:
         """Record the next forward pass into a fresh slot."""
-        self._slot, self._stop = {}, stop_after_deepest
+        self._slot.clear()
+        self._hooks.stop_after_deepest = stop_after_deepest
+        self._hooks.enabled = True
 
     def end(self) -> list[Tensor]:
         """Stop recording; the recorded outputs in layer order."""
-        slot, self._slot, self._stop = self._slot or {}, None, False
-        missing = [layer for layer in self._layers if layer not in slot]
-        if missing:
-            raise RuntimeError(
-                f"layers {missing} produced no output: the forward pass never reached them"
-            )
-        return [slot[layer] for layer in self._layers]
+        self._hooks.enabled = self._hooks.stop_after_deepest = False
+        outs = dict(self._slot)
+        self._slot.clear()
+        return _in_order(outs, self._layers)
 
     def run(
         self, forward: Callable[[], T], *, stop_after_deepest: bool = False
     ) -> tuple[T | None, list[Tensor]]:
         """`(forward()'s result, or None when stopped early; outputs per layer)`."""
         self.begin(stop_after_deepest)
-        result: T | None = None
         try:
-            result = forward()
-        except _StopForward:
-            pass
+            result = self._hooks.run(forward)
         except BaseException:
-            self._slot, self._stop = None, False
+            self._hooks.enabled = self._hooks.stop_after_deepest = False
+            self._slot.clear()
             raise
         return result, self.end()
 
     def remove(self) -> None:
         """Take the hooks off (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._slot = None
+        self._hooks.remove()
+        self._hooks.enabled = False
+        self._slot.clear()
 
 
 @dataclasses.dataclass(frozen=True)
