@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from amygdala import __version__
+from amygdala.cli._log import log_to_stderr
 from amygdala.errors import AmygdalaError
 
 # subcommand name -> module (relative to this package)
@@ -71,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = int(args._module.run(args) or 0)
+        with log_to_stderr():  # the library logs; the command line shows it (cli/_log.py)
+            code = int(args._module.run(args) or 0)
     except AmygdalaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

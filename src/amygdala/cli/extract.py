@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from amygdala._io import Input
+    from amygdala.graph.extract import ExtractSummary
     from amygdala.graph.nodes import GraphSource
     from amygdala.graph.select import SelectionOptions
 
@@ -40,7 +42,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a graph file export: JSONL, one node per line, or a JSON array",
     )
-    from amygdala.graph.mcp_source import add_mcp_arguments
+    from amygdala.cli._mcp_options import add_mcp_arguments
 
     add_mcp_arguments(parser)
 
@@ -125,15 +127,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_emotions_arg(value: str) -> list[str]:
-    """`a,b,c`, `@FILE` or an existing file path → the names it lists."""
+    """`a,b,c`, `@FILE` or an existing file path → the names it lists (a file is read
+    with `read_text_file`: a FIFO or a folder there is an error, never a hang)."""
+    from amygdala._text import read_text_file
     from amygdala.errors import ConfigError
 
     path = Path(value[1:]) if value.startswith("@") else Path(value)
     if value.startswith("@") or path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--emotions {value}: cannot read {path} ({exc})") from None
+        text = read_text_file(path, label=f"--emotions {value}", error=ConfigError)
         text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     else:
         text = value
@@ -178,7 +179,7 @@ def source_from_args(args: argparse.Namespace, default_graph: Path | None = None
     if args.graph is not None:
         return FileSource(args.graph)
     if given:
-        from amygdala.graph.mcp_source import mcp_source_from_args
+        from amygdala.cli._mcp_options import mcp_source_from_args
 
         return mcp_source_from_args(args)
     if default_graph is not None:
@@ -209,9 +210,17 @@ def source_inputs(args: argparse.Namespace) -> list[Input]:
     return inputs
 
 
+def print_summary(summary: ExtractSummary) -> None:
+    """What an extraction read, selected and wrote (`summary_lines`), on stderr."""
+    from amygdala.graph.extract import summary_lines
+
+    for line in summary_lines(summary):
+        print(line, file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from amygdala._io import Output, check_outputs
-    from amygdala.graph.extract import extract, print_summary
+    from amygdala.graph.extract import extract
 
     options = options_from_args(args)
     source = source_from_args(args)

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from amygdala._io import atomic_directory
 from amygdala._text import read_json_file
@@ -47,7 +46,7 @@ from amygdala.graph.select import (
 FORMAT = "amygdala-training-data/1"
 MAX_PROBLEMS_IN_MANIFEST = 100  # problem lines kept in manifest.json (all are counted)
 MAX_LEFT_OUT_IN_MANIFEST = 100  # left-out emotions named in manifest.json (all are counted)
-SHOWN = 5  # lines of each kind the printed summary shows before "… N more"
+SHOWN = 5  # lines of each kind the summary shows before "… N more"
 
 
 @dataclass(frozen=True)
@@ -190,50 +189,43 @@ def extract(source: GraphSource, options: SelectionOptions, output_dir: Path) ->
     )
 
 
-def print_summary(summary: ExtractSummary, file: TextIO | None = None) -> None:
-    """A short human summary (stderr by default): counts, skips, left-out emotions."""
-    out = file or sys.stderr
+def summary_lines(summary: ExtractSummary) -> list[str]:
+    """A short human summary, one line each: counts, skips, left-out emotions (the
+    command line prints it on stderr; long lists end in "… N more")."""
     sel = summary.selection
-    print(
+    lines = [
         f"read {summary.records_seen} records from {summary.source}: {summary.nodes} live "
         f"nodes, {summary.deleted} deleted, {summary.superseded} superseded, "
-        f"{len(summary.problems)} malformed",
-        file=out,
-    )
+        f"{len(summary.problems)} malformed"
+    ]
     if summary.details:
         how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.details.items())
-        print(f"  read with {how}", file=out)
-    for line in summary.problems[:SHOWN]:
-        print(f"  {line}", file=out)
+        lines.append(f"  read with {how}")
+    lines += [f"  {line}" for line in summary.problems[:SHOWN]]
     if len(summary.problems) > SHOWN:
         kept = min(len(summary.problems), MAX_PROBLEMS_IN_MANIFEST)
-        print(
-            f"  … {len(summary.problems) - SHOWN} more ({kept} listed in manifest.json)",
-            file=out,
-        )
+        lines.append(f"  … {len(summary.problems) - SHOWN} more ({kept} listed in manifest.json)")
     skipped = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sel.skipped.items()) or "none"
-    print(f"used {sel.nodes_used} of {sel.nodes_seen} nodes; skipped: {skipped}", file=out)
+    lines.append(f"used {sel.nodes_used} of {sel.nodes_seen} nodes; skipped: {skipped}")
     if sel.malformed_tags:
-        print(
+        lines.append(
             f"malformed tags: {sel.malformed_tags} tokens in {sel.nodes_with_malformed_tags} "
-            "nodes (reported, never used), e.g.:",
-            file=out,
+            "nodes (reported, never used), e.g.:"
         )
-        for line in sel.malformed_tag_examples[:SHOWN]:
-            print(f"  {line}", file=out)
+        lines += [f"  {line}" for line in sel.malformed_tag_examples[:SHOWN]]
         if sel.malformed_tags > SHOWN:
-            print(f"  … {sel.malformed_tags - SHOWN} more", file=out)
-    print(f"  {'emotion':<20} {'positive':>9} {'negative':>9} {'heldout':>13}", file=out)
+            lines.append(f"  … {sel.malformed_tags - SHOWN} more")
+    lines.append(f"  {'emotion':<20} {'positive':>9} {'negative':>9} {'heldout':>13}")
     for emotion, c in sel.emotions.items():
         held = f"{c.heldout_positive}+/{c.heldout_negative}-"
-        print(f"  {emotion:<20} {c.positive:>9} {c.negative:>9} {held:>13}", file=out)
+        lines.append(f"  {emotion:<20} {c.positive:>9} {c.negative:>9} {held:>13}")
     for emotion, reason in itertools.islice(sel.left_out.items(), SHOWN):
-        print(f"  left out {emotion}: {reason}", file=out)
+        lines.append(f"  left out {emotion}: {reason}")
     if len(sel.left_out) > SHOWN:
         kept = min(len(sel.left_out), MAX_LEFT_OUT_IN_MANIFEST)
-        print(
+        lines.append(
             f"  … {len(sel.left_out) - SHOWN} more emotions left out ({kept} listed in "
-            "manifest.json)",
-            file=out,
+            "manifest.json)"
         )
-    print(f"wrote {len(sel.emotions)} emotions to {summary.output_dir}", file=out)
+    lines.append(f"wrote {len(sel.emotions)} emotions to {summary.output_dir}")
+    return lines

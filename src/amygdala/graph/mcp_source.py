@@ -38,10 +38,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import re
 import sys
@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from amygdala._defaults import MEMORY_TOKEN_ENV
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.filesource import parse_record
 from amygdala.graph.formats import (
@@ -61,7 +62,6 @@ from amygdala.graph.formats import (
     parse_render,
 )
 from amygdala.graph.mcp_transport import (
-    DEFAULT_PATH,
     HttpTransport,
     Retry,
     StdioTransport,
@@ -81,7 +81,9 @@ if TYPE_CHECKING:
 
 __all__ = ["McpGraphSource", "McpOptions", "endpoint_url", "listing_items"]
 
-DEFAULT_TOKEN_ENV = "AMYGDALA_MEMORY_TOKEN"
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_ENV = MEMORY_TOKEN_ENV
 _SNIPPET = 120  # characters of unparsable tool output quoted in an error
 
 
@@ -204,10 +206,10 @@ class McpGraphSource:
         """List and fetch every node; raises GraphError when the graph cannot be read."""
         env = self.options.token_variable
         if self.options.command is not None and os.environ.get(env):
-            print(
-                f"note: ${env} is set but not sent: a stdio server gets no bearer token "
+            log.warning(
+                "note: $%s is set but not sent: a stdio server gets no bearer token "
                 "(it is a child process and inherits this environment)",
-                file=sys.stderr,
+                env,
             )
         quiet_sdk_logs()
         reader = _Reader(self.options, self._transport())
@@ -364,13 +366,14 @@ class _Reader:
                     tg.start_soon(worker)
 
     def _announce(self) -> None:
+        """One progress line (logged at INFO: the command line shows it on stderr)."""
         if self.opt.progress:
-            n = len(self.state.entries)
-            print(
-                f"{self.display}: {self.opt.query_tool} {self.opt.query!r} listed {n} "
-                "nodes; fetching their content",
-                file=sys.stderr,
-                flush=True,
+            log.info(
+                "%s: %s %r listed %d nodes; fetching their content",
+                self.display,
+                self.opt.query_tool,
+                self.opt.query,
+                len(self.state.entries),
             )
 
     # -- output -------------------------------------------------------------------------
@@ -483,135 +486,3 @@ class _Reader:
 
 
 _NODE_FIELDS = frozenset({"key", "node_type", "timestamp", "weight", "provenance", "deleted"})
-
-
-# -- command line ---------------------------------------------------------------------------
-
-
-def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--memory-mcp-url` / `--memory-mcp-command` and the flags that tune the MCP source."""
-    d = McpOptions(url="http://localhost:7777")
-    g = parser.add_argument_group("memory MCP server")
-    g.add_argument(
-        "--memory-mcp-url",
-        default=None,
-        metavar="URL",
-        help="a memory MCP server over streamable HTTP: its base URL (http://localhost:7777, "
-        f"{DEFAULT_PATH} is appended) or its full endpoint URL; a URL whose path ends in "
-        "/sse uses the legacy SSE transport",
-    )
-    g.add_argument(
-        "--memory-mcp-command",
-        default=None,
-        metavar="CMD",
-        help="start a memory MCP server as a subprocess and speak MCP over its stdin/stdout, "
-        "e.g. 'amygdala memory-server --graph graph.jsonl --stdio'; split into arguments "
-        "like a shell would (quotes work), never run through a shell; it inherits this "
-        "environment, and its stderr is shown when it fails",
-    )
-    g.add_argument(
-        "--query",
-        dest="mcp_query",
-        default=d.query,
-        metavar="QUERY",
-        help=f"what the query tool is asked for; default {d.query!r}",
-    )
-    g.add_argument(
-        "--query-tool",
-        default=d.query_tool,
-        metavar="NAME",
-        help=f"tool that lists node keys (JSON, or one key per line); default {d.query_tool}",
-    )
-    g.add_argument(
-        "--query-arg",
-        default=d.query_arg,
-        metavar="NAME",
-        help=f"the query tool's argument name; default {d.query_arg}",
-    )
-    g.add_argument(
-        "--render-tool",
-        default=d.render_tool,
-        metavar="NAME",
-        help=f"tool that returns one node's content; default {d.render_tool}",
-    )
-    g.add_argument(
-        "--render-arg",
-        default=d.render_arg,
-        metavar="NAME",
-        help=f"the render tool's argument name; default {d.render_arg}",
-    )
-    g.add_argument(
-        "--render-footer",
-        default=None,
-        metavar="REGEX",
-        help="where a render answer's trailing links section starts: the answer is cut at "
-        "the last match of this regex (^ and $ match at each line), e.g. '^-- links --$'; "
-        "'' strips nothing. By default a final block that starts with a header such as "
-        "'Links:', '## Links' or 'Neighbors:', or that holds only link lines ('→ key "
-        "(0.83)', '- key 0.83', '[[key]]'), is stripped",
-    )
-    g.add_argument(
-        "--mcp-token-env",
-        default=None,
-        metavar="NAME",
-        help="environment variable holding an HTTP server's bearer token (sent only "
-        f"when set, never printed); default {DEFAULT_TOKEN_ENV}. Not used with "
-        "--memory-mcp-command: a stdio server takes no token",
-    )
-    g.add_argument(
-        "--mcp-concurrency",
-        type=int,
-        default=d.concurrency,
-        metavar="N",
-        help=f"render calls in flight at once; default {d.concurrency}",
-    )
-    g.add_argument(
-        "--mcp-timeout",
-        type=float,
-        default=d.timeout,
-        metavar="SECONDS",
-        help=f"limit per tool call; default {d.timeout:g}",
-    )
-    g.add_argument(
-        "--mcp-retries",
-        type=int,
-        default=d.retries,
-        metavar="N",
-        help="retries of a dropped connection, timeout, HTTP 5xx or exited stdio server "
-        f"(started again), with exponential backoff; default {d.retries}",
-    )
-    g.add_argument(
-        "--mcp-backoff",
-        type=float,
-        default=d.backoff,
-        metavar="SECONDS",
-        help=f"wait before the first retry, doubled each time; default {d.backoff:g}",
-    )
-    g.add_argument(
-        "--no-mcp-progress",
-        dest="mcp_progress",
-        action="store_false",
-        help="no progress bar while fetching nodes (--no-progress, where a "
-        "command has it, hides it too)",
-    )
-
-
-def mcp_source_from_args(args: argparse.Namespace) -> McpGraphSource:
-    """The MCP source the flags of `add_mcp_arguments` describe."""
-    options = McpOptions(
-        url=args.memory_mcp_url,
-        command=args.memory_mcp_command,
-        query=args.mcp_query,
-        query_tool=args.query_tool,
-        query_arg=args.query_arg,
-        render_tool=args.render_tool,
-        render_arg=args.render_arg,
-        token_env=args.mcp_token_env,
-        render_footer=args.render_footer,
-        concurrency=args.mcp_concurrency,
-        timeout=args.mcp_timeout,
-        retries=args.mcp_retries,
-        backoff=args.mcp_backoff,
-        progress=args.mcp_progress and not getattr(args, "no_progress", False),
-    )
-    return McpGraphSource(options)
