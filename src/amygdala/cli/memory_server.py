@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, byte_count_arg, describe_bytes, port_arg
@@ -30,11 +31,9 @@ over its stdin and stdout instead (its client starts it), prints its ready line 
 stderr, checks no token, and stops when stdin closes.
 """
 
-DEFAULT_PORT = 7777
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from amygdala.graph.server import DEFAULT_PATH, DEFAULT_TOKEN_ENV
+    from amygdala.graph.server import ServeConfig  # its defaults are the flags'
 
     parser.add_argument(
         "--graph",
@@ -52,13 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default=None,
-        help="address to listen on; default 127.0.0.1 (this machine only)",
+        help=f"address to listen on; default {ServeConfig.host} (this machine only)",
     )
     parser.add_argument(
         "--port",
         type=port_arg,
         default=None,
-        help=f"port to listen on, 0…65535; 0 picks a free one; default {DEFAULT_PORT}",
+        help=f"port to listen on, 0…65535; 0 picks a free one; default {ServeConfig.port}",
     )
     parser.add_argument(
         "--max-request-bytes",
@@ -69,19 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{describe_bytes(DEFAULT_MAX_REQUEST_BYTES)}; K, M, G suffixes work (64M)",
     )
     parser.add_argument(
-        "--path", default=DEFAULT_PATH, help=f"the MCP endpoint path; default {DEFAULT_PATH}"
+        "--path",
+        default=ServeConfig.path,
+        help=f"the MCP endpoint path; default {ServeConfig.path}",
     )
     parser.add_argument(
         "--token-env",
-        default=DEFAULT_TOKEN_ENV,
+        default=ServeConfig.token_env,
         metavar="NAME",
         help="environment variable holding the bearer token; when it is set, requests "
-        f"without that token get 401; default {DEFAULT_TOKEN_ENV}",
+        f"without that token get 401; default {ServeConfig.token_env}",
     )
     parser.add_argument(
         "--render-delay",
         type=float,
-        default=0.0,
+        default=ServeConfig.render_delay,
         metavar="SECONDS",
         help="testing aid: make each memory_render wait this long (used by the fault "
         "tests to stop a server mid-extraction); default 0",
@@ -90,12 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amygdala.errors import ConfigError
-    from amygdala.graph.server import DEFAULT_PATH, ServeConfig, serve, serve_stdio
+    from amygdala.graph.server import ServeConfig, serve, serve_stdio
 
     if args.render_delay < 0:
         raise ConfigError(f"--render-delay must be >= 0, got {args.render_delay}")
     if args.stdio:
-        path = args.path if args.path != DEFAULT_PATH else None
+        path = args.path if args.path != ServeConfig.path else None
         flags_given = (
             ("--host", args.host),
             ("--port", args.port),
@@ -108,16 +109,26 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{flags}: with --stdio this server listens on no address; drop {flags} or --stdio"
             )
-        serve_stdio(args.graph, args.token_env, render_delay=args.render_delay)
+        serve_stdio(args.graph, args.token_env, render_delay=args.render_delay, announce=_to_stderr)
         return 0
     config = ServeConfig(
         graph=args.graph,
-        host="127.0.0.1" if args.host is None else args.host,
-        port=DEFAULT_PORT if args.port is None else args.port,
+        host=ServeConfig.host if args.host is None else args.host,
+        port=ServeConfig.port if args.port is None else args.port,
         max_request_bytes=args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
         path=args.path,
         token_env=args.token_env,
         render_delay=args.render_delay,
     )
-    serve(config)
+    serve(config, announce=_to_stdout)
     return 0
+
+
+def _to_stdout(line: str) -> None:
+    """The HTTP server's ready line: on stdout, at once (a client may wait for it)."""
+    print(line, flush=True)
+
+
+def _to_stderr(line: str) -> None:
+    """The stdio server's ready line: stdout carries MCP messages, so stderr."""
+    print(line, file=sys.stderr, flush=True)

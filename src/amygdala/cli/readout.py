@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amygdala.cli._options import add_device_option, add_dtype_option, add_manifest_option
+from amygdala import _defaults
+from amygdala.cli._options import (
+    add_device_option,
+    add_dtype_option,
+    add_manifest_option,
+    add_model_code_options,
+)
 
 if TYPE_CHECKING:
     from amygdala.readout import LayerChoice, Readout
@@ -63,21 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-length",
         type=int,
-        default=2048,
-        help="tokens read; longer texts are cut (with a warning); default 2048",
+        default=_defaults.READOUT_MAX_LENGTH,
+        help="tokens read; longer texts are cut (with a warning); "
+        f"default {_defaults.READOUT_MAX_LENGTH}",
     )
     add_device_option(parser)
     add_dtype_option(parser)
-    parser.add_argument(
-        "--blocks-path",
-        default=None,
-        help="dotted path of the block list for unknown architectures",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run custom model code from the model repository (off)",
-    )
+    add_model_code_options(parser)
 
 
 def layer_choice(value: str) -> LayerChoice:
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--top must be at least 1")
     check_readout_outputs(args)
     artifact = load_artifact(args.vectors, args.manifest)
-    has_combined = "combined" in artifact.manifest
+    has_combined = artifact.meta.combined is not None
     layer: LayerChoice = args.layer
     if layer is None:
         layer = "combined" if has_combined else artifact.layers[-1]
@@ -162,10 +160,8 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
     )
     ro = readout(lm, artifact, text, max_length=args.max_length)
-    if ro.truncated:
-        print(
-            f"warning: the text was cut to --max-length {args.max_length} tokens", file=sys.stderr
-        )
+    if ro.truncated:  # by --max-length, or by the model's positions when those are fewer
+        print(f"warning: the text was {ro.truncation}", file=sys.stderr)
     print_tables(ro, layer, args.top)
     files: list[tuple[Path, bytes]] = []
     if args.jsonl is not None:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from amygdala import _defaults
 from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, byte_count_arg, describe_bytes, port_arg
 from amygdala.cli._options import (
     add_device_option,
@@ -47,13 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_manifest_option(parser)
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind; default 127.0.0.1 (this machine only)"
+        "--host",
+        default=_defaults.HOST,
+        help=f"address to bind; default {_defaults.HOST} (this machine only)",
     )
     parser.add_argument(
         "--port",
         type=port_arg,
-        default=8000,
-        help="port, 0…65535; default 8000 (0 picks a free port and prints it)",
+        default=_defaults.SERVE_PORT,
+        help=f"port, 0…65535; default {_defaults.SERVE_PORT} (0 picks a free port and prints it)",
     )
     parser.add_argument(
         "--max-request-bytes",
@@ -68,15 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--api-key-env",
-        default="AMYGDALA_API_KEY",
+        default=_defaults.API_KEY_ENV,
         help="environment variable holding the Bearer key; default "
-        "AMYGDALA_API_KEY (unset or empty: no key)",
+        f"{_defaults.API_KEY_ENV} (unset or empty: no key)",
     )
     parser.add_argument(
         "--max-concurrency",
         type=int,
-        default=4,
-        help="sequences decoded at once (round-robin); more wait; default 4",
+        default=_defaults.MAX_CONCURRENCY,
+        help="sequences decoded at once (round-robin); more wait; "
+        f"default {_defaults.MAX_CONCURRENCY}",
     )
     parser.add_argument(
         "--chat-template",
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from amygdala._net import bind
+    from amygdala._text import read_text_file
     from amygdala.artifact import load_artifact
     from amygdala.errors import ConfigError
     from amygdala.models import load_model
@@ -117,10 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest is not None and args.vectors is None:
         raise ConfigError("--manifest needs --vectors")
     template = None
-    if args.chat_template is not None:
-        if not args.chat_template.is_file():
-            raise ConfigError(f"--chat-template {args.chat_template}: no such file")
-        template = args.chat_template.read_text(encoding="utf-8")
+    if args.chat_template is not None:  # a FIFO or a folder there is an error, never a hang
+        label = f"--chat-template {args.chat_template}"
+        template = read_text_file(args.chat_template, label=label, error=ConfigError)
     api_key = os.environ.get(args.api_key_env) or None
     # bound before the model loads: a busy port is an error in a second, not after minutes;
     # connections wait until uvicorn listens on it

@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amygdala.cli._options import add_device_option, add_dtype_option, add_model_code_options
+from amygdala import _defaults
+from amygdala.cli._options import (
+    add_batch_size_option,
+    add_device_option,
+    add_dtype_option,
+    add_model_code_options,
+)
 
 if TYPE_CHECKING:
     from amygdala.train import TrainConfig
@@ -70,53 +76,55 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, require_data: bool =
     add_dtype_option(g)
     g.add_argument(
         "--vectors-dtype",
-        default="float16",
-        choices=["float16", "bfloat16", "float32"],
-        help="storage dtype of the vectors; default float16",
+        default=_defaults.VECTORS_DTYPE,
+        choices=_defaults.VECTORS_DTYPES,
+        help=f"storage dtype of the vectors; default {_defaults.VECTORS_DTYPE}",
     )
-    g.add_argument("--batch-size", type=int, default=16, help="texts per forward pass; default 16")
+    add_batch_size_option(g)
     g.add_argument(
         "--pooling",
-        default="mean",
-        choices=["mean", "last"],
+        default=_defaults.POOLING,
+        choices=_defaults.POOLINGS,
         help="mean over real tokens (no padding, no special tokens), or the last "
-        "real non-special token; default mean",
+        f"real non-special token; default {_defaults.POOLING}",
     )
     g.add_argument(
         "--pool-start",
         type=int,
-        default=0,
-        help="mean pooling skips this many leading real tokens; default 0",
+        default=_defaults.POOL_START,
+        help=f"mean pooling skips this many leading real tokens; default {_defaults.POOL_START}",
     )
     g.add_argument(
         "--method",
-        default="whitened",
+        default=_defaults.METHOD,
         help="fitting method: whitened (difference of means whitened by the shrunk "
         "pooled within-concept covariance; best on GoEmotions, see README "
         "'Methods'), mean_diff (CAA difference of means), one_vs_mean (concept "
         "mean minus the mean of all concept means), whitened_lw (Ledoit-Wolf "
         "covariance of all texts), pca (first principal component of matched "
         "differences; extra passes), probe (logistic regression; holds all rows in "
-        "memory); default whitened",
+        f"memory); default {_defaults.METHOD}",
     )
     add_device_option(g)
     g.add_argument(
         "--max-length",
         type=int,
-        default=512,
-        help="tokens per text; longer texts are truncated and counted; default 512",
+        default=_defaults.MAX_LENGTH,
+        help="tokens per text; longer texts are truncated and counted; "
+        f"default {_defaults.MAX_LENGTH}",
     )
     g.add_argument(
         "--min-examples",
         type=int,
-        default=8,
-        help="leave out (and report) concepts with fewer train positives or negatives; default 8",
+        default=_defaults.MIN_EXAMPLES,
+        help="leave out (and report) concepts with fewer train positives or negatives; "
+        f"default {_defaults.MIN_EXAMPLES}",
     )
     g.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
     g.add_argument(
         "--padding-side",
         default=None,
-        choices=["left", "right"],
+        choices=_defaults.PADDING_SIDES,
         help="padding side; by default the tokenizer's (results are the same)",
     )
     add_model_code_options(g)

@@ -22,7 +22,7 @@ can be sent), and it stops when its stdin closes.
 
 Example:
     >>> config = ServeConfig(graph=Path("graph.jsonl"), port=7777)  # doctest: +SKIP
-    >>> serve(config)  # doctest: +SKIP
+    >>> serve(config, announce=print)  # doctest: +SKIP
     serving 312 nodes from graph.jsonl on http://127.0.0.1:7777/mcp
 """
 
@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amygdala._defaults import HOST, MCP_PATH, MEMORY_PORT, MEMORY_TOKEN_ENV
 from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, bind
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.filesource import FileSource
@@ -50,8 +51,10 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-DEFAULT_TOKEN_ENV = "AMYGDALA_MEMORY_TOKEN"
-DEFAULT_PATH = "/mcp"
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_ENV = MEMORY_TOKEN_ENV
+DEFAULT_PATH = MCP_PATH
 LISTING_FORMAT = "amygdala-memory-listing/1"
 """memory_query, journal_tail and memory_search answer with one JSON text:
 
@@ -245,8 +248,8 @@ class ServeConfig:
     """How `amygdala memory-server` serves a graph file."""
 
     graph: Path
-    host: str = "127.0.0.1"  # loopback only; pass 0.0.0.0 deliberately to expose it
-    port: int = 7777  # 0 picks a free port (the printed URL names it)
+    host: str = HOST  # loopback only; pass 0.0.0.0 deliberately to expose it
+    port: int = MEMORY_PORT  # 0 picks a free port (the announced URL names it)
     path: str = DEFAULT_PATH  # the MCP endpoint path
     token_env: str = DEFAULT_TOKEN_ENV  # env var whose value, when set, is the bearer token
     render_delay: float = 0.0  # testing aid: seconds each memory_render waits
@@ -287,10 +290,6 @@ def endpoint_url(host: str, port: int, path: str) -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def _print_now(line: str) -> None:
-    print(line, flush=True)
-
-
 def _load(path: Path) -> MemoryGraph:
     try:
         return MemoryGraph.load(path)
@@ -299,27 +298,32 @@ def _load(path: Path) -> MemoryGraph:
 
 
 def serve_stdio(
-    graph_path: Path, token_env: str = DEFAULT_TOKEN_ENV, *, render_delay: float = 0.0
+    graph_path: Path,
+    token_env: str = DEFAULT_TOKEN_ENV,
+    *,
+    render_delay: float = 0.0,
+    announce: Callable[[str], None] = log.info,
 ) -> None:
-    """Serve over stdin/stdout until the client closes stdin; one line on stderr says so.
+    """Serve over stdin/stdout until the client closes stdin; `announce` gets one line
+    saying so before the first message is read (the command line prints it on stderr).
 
     Stdout carries MCP messages only (the SDK points `sys.stdout` at stderr while it
     serves, so a stray print cannot corrupt the stream).
     """
     graph = _load(graph_path)
     if os.environ.get(token_env):
-        print(
-            f"note: ${token_env} is set but not checked: over stdio the client is the "
+        log.warning(
+            "note: $%s is set but not checked: over stdio the client is the "
             "process that started this server, and it sends no token",
-            file=sys.stderr,
+            token_env,
         )
-    print(f"serving {len(graph.nodes)} nodes from {graph_path} over stdio", file=sys.stderr)
-    sys.stderr.flush()
+    announce(f"serving {len(graph.nodes)} nodes from {graph_path} over stdio")
     build_mcp_server(graph, render_delay=render_delay).run("stdio")
 
 
-def serve(config: ServeConfig, announce: Callable[[str], None] = _print_now) -> None:
-    """Serve until interrupted; `announce` gets one line naming the URL once requests are accepted."""
+def serve(config: ServeConfig, announce: Callable[[str], None] = log.info) -> None:
+    """Serve until interrupted; `announce` gets one line naming the URL once requests
+    are accepted (the command line prints it on stdout)."""
     import uvicorn
 
     if not config.path.startswith("/"):
@@ -331,10 +335,11 @@ def serve(config: ServeConfig, announce: Callable[[str], None] = _print_now) -> 
     url = endpoint_url(config.host, sock.getsockname()[1], config.path)
     auth = f"; bearer token required (from ${config.token_env})" if token else ""
     if not token and config.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"warning: serving on {config.host} without a token: anyone who can reach this "
-            f"port can read the graph; set ${config.token_env} to require one",
-            file=sys.stderr,
+        log.warning(
+            "warning: serving on %s without a token: anyone who can reach this "
+            "port can read the graph; set $%s to require one",
+            config.host,
+            config.token_env,
         )
     line = f"serving {len(graph.nodes)} nodes from {config.graph} on {url}{auth}"
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from amygdala._defaults import MAX_CONCURRENCY
 from amygdala.errors import ConfigError
 from amygdala.readout import AttachedHooks, Projector, ResidualRecorder, check_compatible
 
@@ -291,7 +292,11 @@ class Engine:
     """Owns the model and decodes submitted sequences on one worker thread."""
 
     def __init__(
-        self, lm: LoadedModel, artifact: Artifact | None = None, *, max_concurrency: int = 4
+        self,
+        lm: LoadedModel,
+        artifact: Artifact | None = None,
+        *,
+        max_concurrency: int = MAX_CONCURRENCY,
     ) -> None:
         if lm.kind != "decoder":
             raise ConfigError(
@@ -314,7 +319,7 @@ class Engine:
             if self.projector.combination is not None:
                 self._combine = self.projector.combination.weights.numpy()
         self.eos_ids = _eos_ids(lm)
-        self.max_positions = _max_positions(lm.model.config)
+        self.max_positions = lm.max_positions or 1 << 30  # a very large number: no limit known
         self._logits_to_keep = "logits_to_keep" in lm.forward_params
         # transformers 5.24 renamed the KV cache argument and output field
         # `past_key_values` → `cache` (the old name warns until 5.40); use what forward takes.
@@ -554,13 +559,3 @@ def _eos_ids(lm: LoadedModel) -> frozenset[int]:
             ids.update(int(v) for v in value)
     vocab = int(getattr(lm.model.config, "vocab_size", 0) or 0)
     return frozenset(i for i in ids if not vocab or 0 <= i < vocab)
-
-
-def _max_positions(config: Any) -> int:
-    """The longest sequence the model takes (a very large number when it does not say)."""
-    for cfg in (config, getattr(config, "text_config", None)):
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(cfg, attr, None) if cfg is not None else None
-            if isinstance(value, int) and value > 0:
-                return value
-    return 1 << 30
