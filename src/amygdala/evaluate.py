@@ -43,7 +43,7 @@ N_NEAREST = 3
 
 
 class RowSource(Protocol):
-    """Stored pooled activations by text position (`amygdala.train.Activations` is one)."""
+    """Stored pooled activations by text position (`amygdala.activations.Activations` is one)."""
 
     def iter(
         self, rows: Sequence[int], chunk: int = ...

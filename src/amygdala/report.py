@@ -23,6 +23,10 @@ from amygdala.errors import ConfigError, CorpusError
 from amygdala.evaluate import Quality, Thresholds, coherence_rows, evaluate, quality_info
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from amygdala.activations import CaptureSettings
+    from amygdala.corpus import Corpus
     from amygdala.models import LoadedModel
 
 CELL = 18  # heatmap cell size in px
@@ -89,7 +93,17 @@ class ReportConfig:
 _DTYPE_FLAGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class ReportResult:
+    """What `report_artifact` wrote, and what the activation store had to skip."""
+
+    json_path: Path  # quality.json
+    html_path: Path  # report.html
+    quality: Quality
+    store_problems: tuple[str, ...] = ()  # unreadable shards skipped, leftovers removed
+
+
+def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> ReportResult:
     """Evaluate an artifact on its training data's held-out split and write the report.
 
     Texts are captured with the artifact's own settings (model, layers, pooling, max
@@ -100,37 +114,29 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tupl
         report_artifact(ReportConfig(Path("out/readout.safetensors"), Path("data"),
                                      Path("out/")))
     """
+    from amygdala.activations import Activations, capture_missing, open_store
     from amygdala.artifact import load_artifact
-    from amygdala.models import load_model
     from amygdala.store import text_hash
-    from amygdala.train import Activations, capture_fingerprint, capture_missing, open_store
 
     check_report_outputs(config)
     art = load_artifact(config.vectors, config.manifest)
     corpus = _heldout_corpus(config.training_data_dir, art.concepts)
-    train_config = _capture_config(config, art.manifest, art.layers)
+    settings = capture_settings(config, art.manifest)
     if lm is None:
-        lm = load_model(
-            train_config.model,
-            device=config.device,
-            dtype=train_config.dtype,
-            revision=train_config.revision,
-            blocks_path=train_config.blocks_path,
-            trust_remote_code=config.trust_remote_code,
-        )
+        lm = settings.load()
     if lm.hidden_size != art.manifest["hidden_size"] or max(art.layers) >= lm.n_layers:
         raise ConfigError(
             f"{config.vectors} was trained for hidden size "
             f"{art.manifest['hidden_size']} and layers {art.layers}, but "
-            f"{train_config.model} has hidden size {lm.hidden_size} and "
+            f"{settings.model} has hidden size {lm.hidden_size} and "
             f"{lm.n_layers} blocks; pass the artifact's model with --model"
         )
     heldout = [i for i in range(len(corpus.texts)) if (corpus.heldout[i] != 0).any()]
     picks = coherence_rows(corpus.train, config.max_coherence)
     needed = sorted(set(heldout) | {r for rows in picks for r in rows})
-    with open_store(train_config, capture_fingerprint(train_config, lm, art.layers)) as store:
+    with open_store(settings, settings.fingerprint(lm, art.layers)) as store:
         acts = Activations(store, [text_hash(t) for t in corpus.texts])
-        capture_missing(lm, corpus.texts, acts, art.layers, train_config, needed)
+        capture_missing(lm, corpus.texts, acts, art.layers, settings, needed)
         quality = evaluate(
             art.stacked(),
             art.concepts,
@@ -143,10 +149,12 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> tupl
             info=quality_info(art.manifest, config.vectors),
             combined_weights=combined_weights(art.manifest),
         )
-    return write_report(quality, config.output_dir)
+        problems = tuple(store.problems)
+    json_path, html_path = write_report(quality, config.output_dir)
+    return ReportResult(json_path, html_path, quality, problems)
 
 
-def combined_weights(manifest: dict[str, Any]) -> Any:
+def combined_weights(manifest: dict[str, Any]) -> np.ndarray | None:
     """The manifest's combined-score weights `[L, C]` (numpy), or None without them."""
     import numpy as np
 
@@ -154,7 +162,7 @@ def combined_weights(manifest: dict[str, Any]) -> Any:
     return None if entry is None else np.asarray(entry["weights"], dtype=np.float64)
 
 
-def _heldout_corpus(path: Path, concepts: list[str]) -> Any:
+def _heldout_corpus(path: Path, concepts: list[str]) -> Corpus:
     from amygdala.corpus import load_corpus
 
     corpus = load_corpus(path)
@@ -174,29 +182,27 @@ def _heldout_corpus(path: Path, concepts: list[str]) -> Any:
     return corpus
 
 
-def _capture_config(config: ReportConfig, manifest: dict[str, Any], layers: list[int]) -> Any:
-    """A TrainConfig carrying the artifact's capture settings (never used to write)."""
-    from amygdala.train import TrainConfig
+def capture_settings(config: ReportConfig, manifest: dict[str, Any]) -> CaptureSettings:
+    """The artifact's capture settings (model, pooling, pool start, max length, dtype, as
+    training used them), with the report's own overrides and its store."""
+    from amygdala.activations import CaptureSettings
 
     model = config.model or manifest.get("model")
     if not model:
         raise ConfigError(f"{config.vectors}: the manifest names no model; pass --model")
     dtype = config.dtype or _DTYPE_FLAGS.get(str(manifest.get("model_dtype")), "auto")
     same = model == manifest.get("model")  # the manifest's revision and blocks fit its model
-    return TrainConfig(
+    return CaptureSettings(
         model=model,
-        training_data_dir=config.training_data_dir,
-        output=config.output_dir / "readout.safetensors",
-        target_layers=",".join(str(x) for x in layers),
         pooling=manifest.get("pooling", "mean"),
         pool_start=int(manifest.get("pool_start", 0)),
         max_length=int(manifest.get("max_length", 512)),
-        dtype=dtype,
         batch_size=config.batch_size,
-        device=config.device,
+        dtype=dtype,
         revision=config.revision or (manifest.get("model_revision") if same else None),
         blocks_path=config.blocks_path or (manifest.get("blocks_path") if same else None),
         trust_remote_code=config.trust_remote_code,
+        device=config.device,
         progress=config.progress,
         cache_dir=config.cache_dir,
         no_cache=config.no_cache,

@@ -14,6 +14,8 @@ lands in the same file.
 
 Every process using a store holds a shared lock on its `.lock` file; the first one to
 open a store that no other process holds removes the `.tmp-*` files that killed runs left.
+Nothing here prints: what a store skipped or removed is in `ActivationStore.problems`
+(`amygdala.activations.open_store` logs it; the stages return it in their results).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -218,8 +219,3 @@ def model_identity(model_dir: str) -> dict[str, Any]:
         ),
     }
     return ident
-
-
-def warn(problems: Sequence[str]) -> None:
-    for line in problems:
-        print(f"warning: activation store: {line}", file=sys.stderr)

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
 from amygdala import __version__
+from amygdala._defaults import VectorsDtype
 from amygdala._io import Input, Output, check_outputs
-from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
-from amygdala.capture import (
-    POOLINGS,
-    CaptureStats,
-    Pooling,
-    capture_texts,
-    explain_nonfinite,
+from amygdala.activations import (
+    TOKEN_SAMPLE,
+    Activations,
+    CaptureSettings,
+    capture_missing,
+    open_store,
 )
+from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
+from amygdala.capture import CaptureStats, Pooling, explain_nonfinite
 from amygdala.combine import (
     FOLDS,
     combined_calibration,
@@ -51,8 +51,8 @@ from amygdala.fit import (
     project_out,
 )
 from amygdala.layers import DEFAULT_LAYERS, parse_layers
-from amygdala.models import LoadedModel, load_model, resolve_model_name
-from amygdala.store import ActivationStore, default_cache_dir, model_identity, text_hash, warn
+from amygdala.models import LoadedModel, resolve_model_name
+from amygdala.store import default_cache_dir, text_hash
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TrainConfig:
     pooling: Pooling = "mean"
     method: str = DEFAULT_METHOD  # see amygdala.fit.FIT_METHODS and bench/bench_methods.py
     dtype: str = "auto"  # model compute dtype: bf16 on CUDA, fp32 elsewhere
-    vectors_dtype: str = "float16"  # storage dtype of the vectors
+    vectors_dtype: VectorsDtype = "float16"  # storage dtype of the vectors
     batch_size: int = 16
     max_length: int = 512  # tokens per text; longer texts are truncated and counted
     min_examples: int = 8  # concepts with fewer train positives or negatives are left out
@@ -98,19 +98,13 @@ class TrainConfig:
             value = getattr(self, f.name)
             if "Path" in str(f.type) and value is not None and not isinstance(value, Path):
                 object.__setattr__(self, f.name, Path(value))
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"--pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+        self.capture_settings()  # checks pooling, batch size, max length, pool start, padding
         if self.vectors_dtype not in VECTOR_DTYPES:
             raise ConfigError(
                 f"--vectors-dtype {self.vectors_dtype!r}: choose one of {', '.join(VECTOR_DTYPES)}"
             )
-        for name in ("batch_size", "max_length", "min_examples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.pool_start < 0:
-            raise ConfigError("--pool-start must be 0 or more")
-        if self.padding_side not in (None, "left", "right"):
-            raise ConfigError("--padding-side must be left or right")
+        if self.min_examples < 1:
+            raise ConfigError("--min-examples must be at least 1")
         get_method(self.method)
         if not 0.0 <= self.neutral_share < 1.0:
             raise ConfigError(
@@ -127,6 +121,26 @@ class TrainConfig:
     def manifest_path(self) -> Path:
         return self.manifest or default_manifest_path(self.output)
 
+    def capture_settings(self) -> CaptureSettings:
+        """The run's capture settings: the model, how texts are pooled, the store."""
+        return CaptureSettings(
+            model=self.model,
+            pooling=self.pooling,
+            pool_start=self.pool_start,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            revision=self.revision,
+            blocks_path=self.blocks_path,
+            trust_remote_code=self.trust_remote_code,
+            device=self.device,
+            device_map=self.device_map,
+            padding_side=cast("Literal['left', 'right'] | None", self.padding_side),
+            progress=self.progress,
+            cache_dir=self.cache_dir,
+            no_cache=self.no_cache,
+        )
+
 
 @dataclass
 class TrainResult:
@@ -141,6 +155,7 @@ class TrainResult:
     corpus_problems: tuple[str, ...] = ()  # training rows skipped, with where and why
     cached_texts: int = 0  # texts whose activations came from the activation store
     combined_note: str = ""  # why the manifest has no combined score, when it has none
+    store_problems: tuple[str, ...] = ()  # activation-store shards skipped, leftovers removed
 
 
 def select_concepts(corpus: Corpus, min_examples: int) -> tuple[Corpus, dict[str, str]]:
@@ -203,93 +218,6 @@ def check_output(config: TrainConfig) -> None:
     if config.output.resolve() == config.manifest_path.resolve():
         raise ConfigError("--manifest must differ from --output")
     check_outputs(output_paths(config), input_paths(config))
-
-
-TOKEN_SAMPLE = 4  # single tokens kept per text for per-token calibration
-
-
-def capture_fingerprint(config: TrainConfig, lm: LoadedModel, layers: list[int]) -> dict[str, Any]:
-    """Everything that changes a pooled activation (the activation store's key)."""
-    return {
-        "model": config.model,
-        "revision": config.revision,
-        "model_identity": model_identity(resolve_model_name(config.model)),
-        "blocks_path": lm.blocks_path,
-        "layers": layers,
-        "pooling": config.pooling,
-        "pool_start": config.pool_start,
-        "max_length": config.max_length,
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "token_sample": TOKEN_SAMPLE,
-    }
-
-
-@dataclass
-class Activations:
-    """Pooled activations of a set of texts, read back from the store as often as needed.
-
-    Fitting, calibration and evaluation each make their own pass through `iter`;
-    only one forward pass per text ever ran. Rows whose activations are not finite
-    (fp16 overflow) are dropped on the way out and remembered in `nonfinite`.
-    """
-
-    store: ActivationStore
-    hashes: list[str]  # one per text, in the caller's text order
-    nonfinite: set[int] = field(default_factory=set)
-
-    def iter(
-        self, rows: Sequence[int], chunk: int = 256
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Yield `(text positions, acts [B, L, H] fp32)` for `rows`, in their order."""
-        rows = list(rows)
-        for positions, acts in self.store.iter_rows([self.hashes[r] for r in rows], chunk):
-            index = np.asarray([rows[p] for p in positions])
-            ok = torch.isfinite(acts).flatten(1).all(dim=1)
-            if not bool(ok.all()):
-                self.nonfinite.update(index[~ok.numpy()].tolist())
-                index, acts = index[ok.numpy()], acts[ok]
-            if len(index):
-                yield index, acts
-
-    def iter_tokens(
-        self, rows: Sequence[int], chunk: int = 256
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Yield `(text positions, tokens [B, L, k, H] fp32)`: each text's sampled single
-        tokens (NaN where a text had fewer than k, or where the model overflowed)."""
-        rows = list(rows)
-        hashes = [self.hashes[r] for r in rows]
-        for positions, tokens in self.store.iter_rows(hashes, chunk, key="tokens"):
-            yield np.asarray([rows[p] for p in positions]), tokens
-
-
-def capture_missing(
-    lm: LoadedModel,
-    texts: Sequence[str],
-    acts: Activations,
-    layers: list[int],
-    config: TrainConfig,
-    rows: Sequence[int],
-) -> CaptureStats:
-    """Run the model over the texts among `rows` that the store lacks, one shard per batch."""
-    missing = [rows[i] for i in acts.store.missing([acts.hashes[r] for r in rows])]
-    stats = CaptureStats()
-    for batch in capture_texts(
-        lm,
-        [texts[r] for r in missing],
-        layers,
-        pooling=config.pooling,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        pool_start=config.pool_start,
-        padding_side=config.padding_side,  # type: ignore[arg-type]
-        progress=config.progress,
-        stats=stats,
-        sample_tokens=TOKEN_SAMPLE,
-    ):
-        acts.store.write(
-            [acts.hashes[missing[j]] for j in batch.index.tolist()], batch.acts, batch.tokens
-        )
-    return stats
 
 
 def accumulate(
@@ -412,18 +340,6 @@ def load_neutral(path: Path) -> list[str]:
     return texts
 
 
-@contextlib.contextmanager
-def open_store(config: TrainConfig, fingerprint: dict[str, Any]) -> Iterator[ActivationStore]:
-    """The run's activation store: the cache, or a temporary one with --no-cache."""
-    if not config.no_cache:
-        store = ActivationStore(config.cache_dir or default_cache_dir(), fingerprint)
-        warn(store.problems)
-        yield store
-        return
-    with tempfile.TemporaryDirectory(prefix="amygdala-acts-") as tmp:
-        yield ActivationStore(Path(tmp), fingerprint)
-
-
 def build_manifest(
     config: TrainConfig,
     lm: LoadedModel,
@@ -485,16 +401,9 @@ def train(
             "in one process; run them without torchrun (amygdala report can "
             "follow a torchrun job, on the same --cache-dir)"
         )
+    settings = config.capture_settings()
     if lm is None:
-        lm = load_model(
-            config.model,
-            device=device,
-            dtype=config.dtype,
-            revision=config.revision,
-            blocks_path=config.blocks_path,
-            trust_remote_code=config.trust_remote_code,
-            device_map=config.device_map,
-        )
+        lm = settings.load(device)
     layers = parse_layers(config.target_layers, lm.n_layers)
     texts = list(corpus.texts) + neutral
     train_rows = np.flatnonzero((corpus.train != 0).any(axis=1)).tolist()
@@ -503,9 +412,11 @@ def train(
         set(train_rows) | set(heldout_rows) | set(range(len(corpus.texts), len(texts)))
     )
     mine = set(dist.share(needed))  # this process's texts (all of them without torchrun)
-    with open_store(config, capture_fingerprint(config, lm, layers)) as store:
+    with open_store(settings, settings.fingerprint(lm, layers)) as store:
         acts = Activations(store, [text_hash(t) for t in texts])
-        cstats = capture_missing(lm, texts, acts, layers, config, [r for r in needed if r in mine])
+        cstats = capture_missing(
+            lm, texts, acts, layers, settings, [r for r in needed if r in mine]
+        )
         stats = accumulate(
             acts,
             corpus.train,
@@ -559,6 +470,7 @@ def train(
             if config.report_dir
             else None
         )
+        store_problems = tuple(store.problems)
     manifest = build_manifest(config, lm, corpus, layers, stats, skipped)
     manifest["calibration"] = {
         "reference": ref_name,
@@ -594,6 +506,7 @@ def train(
         corpus.problems,
         cached,
         "" if combined is not None else combined_note,
+        store_problems,
     )
 
 
@@ -714,49 +627,45 @@ def calibration_reference(
     return mask, train_rows, "negatives"
 
 
-def print_summary(result: TrainResult, file: Any = None) -> None:
-    """A short human summary of a run (to stderr by default)."""
-    out = file or sys.stderr
+def summary_lines(result: TrainResult) -> list[str]:
+    """A short human summary of a run, one line per item (`amygdala train` prints it to
+    stderr); the activation store's warnings are `result.store_problems`, apart."""
     m, c = result.manifest, result.capture
     rate = c.texts / c.seconds if c.seconds else 0.0
-    print(
+    lines = [
         f"trained {len(m['concepts'])} concepts x {len(m['layers'])} layers {m['layers']} "
-        f"({m['method']}, {m['pooling']} pooling) on {m['model']}",
-        file=out,
-    )
+        f"({m['method']}, {m['pooling']} pooling) on {m['model']}"
+    ]
     cut = "truncated to --max-length"
     if 0 < c.token_limit < m["max_length"]:
         cut = f"truncated to {c.token_limit} tokens (the model's limit, below --max-length)"
-    print(
+    lines.append(
         f"captured {c.texts} texts / {c.tokens} tokens in {c.seconds:.1f}s "
         f"({rate:.1f} texts/s), {result.cached_texts} found in the activation cache; "
-        f"{cut}: {c.truncated}",
-        file=out,
+        f"{cut}: {c.truncated}"
     )
     for concept in m["concepts"]:
         n = m["counts"][concept]
-        print(f"  {concept:<24} {n['positive']:>6} positive {n['negative']:>7} negative", file=out)
+        lines.append(f"  {concept:<24} {n['positive']:>6} positive {n['negative']:>7} negative")
     for concept, reason in result.skipped_concepts.items():
-        print(f"  skipped {concept}: {reason}", file=out)
+        lines.append(f"  skipped {concept}: {reason}")
     if result.nonfinite_texts:
         start = m.get("pool_start")
         few = f", or at most --pool-start {start} real tokens" if start else ""
-        print(
+        lines.append(
             f"skipped {result.nonfinite_texts} texts with NaN/Inf activations (fp16 "
-            f"overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens{few})",
-            file=out,
+            f"overflow: try --dtype bf16 or fp32) or nothing to pool (only special tokens{few})"
         )
     if result.combined_note:
-        print(f"no combined score: {result.combined_note}", file=out)
+        lines.append(f"no combined score: {result.combined_note}")
     elif "combined" in m:
         fit = m["combined"].get("fit", {})
-        print(
+        lines.append(
             f"combined score over {len(m['layers'])} layers: {fit.get('chosen')} weights "
-            f"(cross-validated train AUROC {fit.get('cv_auroc')})",
-            file=out,
+            f"(cross-validated train AUROC {fit.get('cv_auroc')})"
         )
     if result.corpus_problems:
-        print(f"skipped {len(result.corpus_problems)} unusable training rows, e.g.:", file=out)
-        for line in result.corpus_problems[:5]:
-            print(f"  {line}", file=out)
-    print(f"wrote {result.vectors_path} and {result.manifest_path}", file=out)
+        lines.append(f"skipped {len(result.corpus_problems)} unusable training rows, e.g.:")
+        lines.extend(f"  {line}" for line in result.corpus_problems[:5])
+    lines.append(f"wrote {result.vectors_path} and {result.manifest_path}")
+    return lines

@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
         max_coherence=args.max_coherence,
         thresholds=Thresholds(min_train=args.min_train, min_heldout=args.min_heldout),
     )
-    json_path, html_path = report_artifact(config)
-    _print_summary(json_path)
-    print(f"wrote {json_path} and {html_path}", file=sys.stderr)
+    result = report_artifact(config)
+    _print_summary(result.json_path)
+    print(f"wrote {result.json_path} and {result.html_path}", file=sys.stderr)
     return 0
 
 

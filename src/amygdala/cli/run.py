@@ -92,9 +92,9 @@ def check_run_outputs(args: argparse.Namespace, config: TrainConfig) -> None:
 def run(args: argparse.Namespace) -> int:
     from amygdala.cli.extract import has_source, options_from_args, source_from_args
     from amygdala.cli.extract import print_summary as print_extract_summary
-    from amygdala.cli.train import config_from_args, restoring, written_paths
+    from amygdala.cli.train import config_from_args, print_summary, restoring, written_paths
     from amygdala.graph.extract import extract
-    from amygdala.train import print_summary, train
+    from amygdala.train import train
 
     out: Path = args.output_dir
     data_dir = out / "training-data"  # check_run_outputs names the same

@@ -19,7 +19,7 @@ from amygdala.cli._options import (
 )
 
 if TYPE_CHECKING:
-    from amygdala.train import TrainConfig
+    from amygdala.train import TrainConfig, TrainResult
 
 HELP = "train readout vectors from a training-data directory or a stories corpus"
 DESCRIPTION = """\
@@ -235,8 +235,16 @@ def restoring(paths: Sequence[Path], note: str = "") -> contextlib.AbstractConte
     return restore_on_failure(paths, note) if is_main else contextlib.nullcontext()
 
 
+def print_summary(result: TrainResult) -> None:
+    """The run's summary (`amygdala.train.summary_lines`) on stderr."""
+    from amygdala.train import summary_lines
+
+    for line in summary_lines(result):
+        print(line, file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    from amygdala.train import check_output, print_summary, train
+    from amygdala.train import check_output, train
 
     config = config_from_args(args)
     check_output(config)  # before the backup: nothing to put back when the paths are bad
