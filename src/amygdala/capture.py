@@ -26,21 +26,28 @@ import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from amygdala._defaults import (
+    BATCH_SIZE,
+    MAX_LENGTH,
+    POOL_START,
+    POOLING,
+    POOLINGS,
+    PaddingSide,
+    Pooling,
+)
 from amygdala._text import clean_text
 from amygdala.errors import ConfigError
 
 if TYPE_CHECKING:
     from amygdala.models import LoadedModel
 
-Pooling = Literal["mean", "last"]
-POOLINGS: tuple[Pooling, ...] = ("mean", "last")
 T = TypeVar("T")
 
 
@@ -233,7 +240,7 @@ def capture(
     blocks: nn.ModuleList,
     layers: Sequence[int],
     keep: Tensor,
-    pooling: Pooling = "mean",
+    pooling: Pooling = POOLING,
     *,
     stop_early: bool = True,
     sample: Tensor | None = None,
@@ -288,7 +295,7 @@ TOKENIZE_CHUNK = 1024  # texts per tokenizer call: the fast tokenizer's per-toke
 
 
 def tokenize(
-    tokenizer: object, texts: Sequence[str], *, max_length: int, pool_start: int = 0
+    tokenizer: object, texts: Sequence[str], *, max_length: int, pool_start: int = POOL_START
 ) -> list[Tokenized]:
     """Tokenize with special tokens, truncate to `max_length`, mark poolable positions.
 
@@ -388,7 +395,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def pad_batch(
-    items: Sequence[Tokenized], pad_id: int, side: Literal["left", "right"]
+    items: Sequence[Tokenized], pad_id: int, side: PaddingSide
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`(input_ids, attention_mask, keep)` as `[batch, longest]` tensors."""
     width = max(len(t.ids) for t in items)
@@ -421,11 +428,11 @@ def capture_texts(
     texts: Sequence[str],
     layers: Sequence[int],
     *,
-    pooling: Pooling = "mean",
-    batch_size: int = 16,
-    max_length: int = 512,
-    pool_start: int = 0,
-    padding_side: Literal["left", "right"] | None = None,
+    pooling: Pooling = POOLING,
+    batch_size: int = BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
+    pool_start: int = POOL_START,
+    padding_side: PaddingSide | None = None,
     progress: bool = True,
     stats: CaptureStats | None = None,
     sample_tokens: int = 0,
@@ -445,7 +452,7 @@ def capture_texts(
     stats.token_limit = token_limit(lm, max_length)
     toks = tokenize(lm.tokenizer, texts, max_length=stats.token_limit, pool_start=pool_start)
     stats.truncated += sum(t.truncated for t in toks)
-    side: Literal["left", "right"] = padding_side or (
+    side: PaddingSide = padding_side or (
         "left" if getattr(lm.tokenizer, "padding_side", "right") == "left" else "right"
     )
     pad_id = int(lm.tokenizer.pad_token_id or 0)

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from amygdala._defaults import METHOD
 from amygdala.errors import ConfigError
 
 Need = Literal["means", "moments", "within", "rows"]
@@ -517,7 +518,7 @@ METHOD_NEEDS: dict[str, frozenset[Need]] = {
     "probe": frozenset({"rows"}),
 }
 
-DEFAULT_METHOD = "whitened"
+DEFAULT_METHOD = METHOD  # amygdala._defaults: the CLI's --method default too
 
 
 def get_method(name: str) -> FitMethod:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from amygdala._defaults import DTYPE, DType
 from amygdala.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
-DType = Literal["auto", "bf16", "fp16", "fp32"]
 ModelKind = Literal["decoder", "encoder"]
 
 PACKAGED_MINILM_NAMES = frozenset(
@@ -185,7 +185,7 @@ def load_model(
     name: str,
     *,
     device: str | None = None,
-    dtype: DType | str = "auto",
+    dtype: DType | str = DTYPE,
     revision: str | None = None,
     blocks_path: str | None = None,
     trust_remote_code: bool = False,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
+from amygdala._defaults import DTYPE, READOUT_MAX_LENGTH, DType
 from amygdala.capture import (
     BlockHooks,
     forward_kwargs,
@@ -412,12 +413,12 @@ def _named(values: list[list[float]], ro: Readout) -> dict[str, dict[str, float]
 
 def check_compatible(lm: LoadedModel, artifact: Artifact) -> None:
     """The artifact must fit this model: same hidden size, layers that exist."""
-    hidden = int(artifact.manifest["hidden_size"])
+    hidden = artifact.meta.hidden_size
     if hidden != lm.hidden_size:
         raise ConfigError(
             f"the artifact's vectors have hidden size {hidden}, the model "
             f"{lm.model_id!r} has {lm.hidden_size}; load the model the "
-            f"artifact was trained on ({artifact.manifest.get('model', '?')})"
+            f"artifact was trained on ({artifact.meta.model or '?'})"
         )
     too_deep = [layer for layer in artifact.layers if layer >= lm.n_layers]
     if too_deep:
@@ -436,7 +437,7 @@ def token_strings(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
     )
 
 
-def _as_loaded(model: LoadedModel | str, device: str | None, dtype: str) -> LoadedModel:
+def _as_loaded(model: LoadedModel | str, device: str | None, dtype: DType | str) -> LoadedModel:
     if isinstance(model, str):
         from amygdala.models import load_model
 
@@ -451,7 +452,7 @@ def readout_ids(
     *,
     keep: Sequence[bool] | bytes | None = None,
     device: str | None = None,
-    dtype: str = "auto",
+    dtype: DType | str = DTYPE,
 ) -> Readout:
     """Per-token readouts of a token id sequence (one forward pass, no cache).
 
@@ -507,9 +508,9 @@ def readout(
     artifact: Artifact,
     text: str,
     *,
-    max_length: int = 2048,
+    max_length: int = READOUT_MAX_LENGTH,
     device: str | None = None,
-    dtype: str = "auto",
+    dtype: DType | str = DTYPE,
 ) -> Readout:
     """Per-token readouts of `text`, tokenized as the trainer tokenizes it.
 
