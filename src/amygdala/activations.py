@@ -32,11 +32,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from amygdala._defaults import DType, PaddingSide
 from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
 from amygdala.errors import ConfigError
 from amygdala.models import LoadedModel, load_model, resolve_model_name
@@ -62,13 +63,13 @@ class CaptureSettings:
     pool_start: int  # mean pooling skips this many leading real tokens
     max_length: int  # tokens per text; longer texts are truncated and counted
     batch_size: int  # texts per forward pass
-    dtype: str  # model compute dtype flag: auto, bf16, fp16, fp32
+    dtype: DType  # model compute dtype flag: auto, bf16, fp16, fp32
     revision: str | None = None  # model revision (branch, tag or commit)
     blocks_path: str | None = None  # dotted path of the block list, for unknown models
     trust_remote_code: bool = False
     device: str | None = None  # cpu / cuda / mps; None: the best available
     device_map: str | None = None  # e.g. `auto`: spread a large model over GPUs
-    padding_side: Literal["left", "right"] | None = None  # None: the tokenizer's
+    padding_side: PaddingSide | None = None  # None: the tokenizer's
     progress: bool = True  # a progress bar while capturing
     cache_dir: Path | None = None  # the activation store; None: `default_cache_dir()`
     no_cache: bool = False  # a temporary store, removed afterwards

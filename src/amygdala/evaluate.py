@@ -26,13 +26,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from amygdala._defaults import MIN_HELDOUT, MIN_TRAIN
 from amygdala.errors import ConfigError
+
+if TYPE_CHECKING:
+    from amygdala.artifact import Manifest
 
 QUALITY_FORMAT = "amygdala-quality/1"
 RIDGE_LAMBDA = 0.01
@@ -54,8 +58,8 @@ class RowSource(Protocol):
 class Thresholds:
     """When counts are too small to trust (docs/architecture.md: five positives can flip signs)."""
 
-    min_train: int = 20  # train positives (and negatives) below this are flagged
-    min_heldout: int = 10  # held-out positives (and negatives) below this are flagged
+    min_train: int = MIN_TRAIN  # train positives (and negatives) below this are flagged
+    min_heldout: int = MIN_HELDOUT  # held-out positives (and negatives) below this are flagged
     weak_auroc: float = 0.6  # best held-out AUROC below this is flagged as weak
 
 
@@ -516,7 +520,9 @@ def _nums(xs: np.ndarray) -> list[float | None]:
     return [_num(x) for x in xs]
 
 
-def quality_info(manifest: dict[str, Any], vectors_path: Any) -> dict[str, Any]:
-    """Provenance for quality.json, taken from an artifact's manifest."""
+def quality_info(manifest: Manifest, vectors_path: Any) -> dict[str, Any]:
+    """Provenance for quality.json, taken from an artifact's manifest: the fields it
+    records (a null one too), as it records them."""
     keys = ("model", "model_revision", "method", "pooling", "training_data", "hidden_size")
-    return {"vectors": str(vectors_path), **{k: manifest.get(k) for k in keys if k in manifest}}
+    recorded = manifest.to_dict()
+    return {"vectors": str(vectors_path), **{k: recorded[k] for k in keys if k in recorded}}

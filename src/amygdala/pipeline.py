@@ -26,7 +26,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from amygdala.artifact import Artifact, load_artifact
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from amygdala.capture import Pooling
+    from amygdala._defaults import DType, PaddingSide, Pooling, VectorsDtype
     from amygdala.corpus import Corpus
     from amygdala.graph.extract import ExtractSummary
     from amygdala.graph.mcp_source import McpOptions
@@ -75,8 +75,8 @@ class TrainKeywords(TypedDict, total=False):
     manifest: StrPath | None
     pooling: Pooling
     method: str
-    dtype: str
-    vectors_dtype: str
+    dtype: DType
+    vectors_dtype: VectorsDtype
     batch_size: int
     max_length: int
     min_examples: int
@@ -85,7 +85,7 @@ class TrainKeywords(TypedDict, total=False):
     revision: str | None
     blocks_path: str | None
     trust_remote_code: bool
-    padding_side: Literal["left", "right"] | None
+    padding_side: PaddingSide | None
     progress: bool
     cache_dir: StrPath | None
     no_cache: bool
@@ -100,7 +100,7 @@ class ModelKeywords(TypedDict, total=False):
     """`load_model`'s options: the keyword arguments of `amygdala.models.load_model`."""
 
     device: str | None
-    dtype: str
+    dtype: DType | str
     revision: str | None
     blocks_path: str | None
     trust_remote_code: bool
@@ -112,7 +112,7 @@ class ReadoutKeywords(TypedDict, total=False):
 
     max_length: int
     device: str | None
-    dtype: str
+    dtype: DType | str
 
 
 @dataclass(frozen=True)

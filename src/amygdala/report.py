@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amygdala import _defaults
+from amygdala._defaults import DType
 from amygdala._io import Input, Output, atomic_write_files, check_outputs, json_bytes
 from amygdala.errors import ConfigError, CorpusError
 from amygdala.evaluate import Quality, Thresholds, coherence_rows, evaluate, quality_info
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from amygdala.activations import CaptureSettings
+    from amygdala.artifact import Manifest
     from amygdala.corpus import Corpus
     from amygdala.models import LoadedModel
 
@@ -77,20 +80,20 @@ class ReportConfig:
     output_dir: Path  # where quality.json and report.html go
     manifest: Path | None = None  # by default the vectors path with .json
     model: str | None = None  # by default the manifest's model
-    dtype: str | None = None  # by default the manifest's model dtype (reuses stored activations)
+    dtype: DType | None = None  # by default the manifest's model dtype (reuses stored activations)
     device: str | None = None
     revision: str | None = None  # by default the manifest's
     blocks_path: str | None = None  # by default the manifest's
     trust_remote_code: bool = False
-    batch_size: int = 16
+    batch_size: int = _defaults.BATCH_SIZE  # texts per forward pass
     cache_dir: Path | None = None  # the store training used: its activations are reused
     no_cache: bool = False
     progress: bool = True
-    max_coherence: int = 500  # train positives per concept for coherence
+    max_coherence: int = _defaults.MAX_COHERENCE  # train positives per concept for coherence
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-_DTYPE_FLAGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_DTYPE_FLAGS: dict[str, DType] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -121,13 +124,13 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> Repo
     check_report_outputs(config)
     art = load_artifact(config.vectors, config.manifest)
     corpus = _heldout_corpus(config.training_data_dir, art.concepts)
-    settings = capture_settings(config, art.manifest)
+    settings = capture_settings(config, art.meta)
     if lm is None:
         lm = settings.load()
-    if lm.hidden_size != art.manifest["hidden_size"] or max(art.layers) >= lm.n_layers:
+    if lm.hidden_size != art.meta.hidden_size or max(art.layers) >= lm.n_layers:
         raise ConfigError(
             f"{config.vectors} was trained for hidden size "
-            f"{art.manifest['hidden_size']} and layers {art.layers}, but "
+            f"{art.meta.hidden_size} and layers {art.layers}, but "
             f"{settings.model} has hidden size {lm.hidden_size} and "
             f"{lm.n_layers} blocks; pass the artifact's model with --model"
         )
@@ -146,19 +149,19 @@ def report_artifact(config: ReportConfig, lm: LoadedModel | None = None) -> Repo
             corpus.heldout,
             thresholds=config.thresholds,
             max_coherence=config.max_coherence,
-            info=quality_info(art.manifest, config.vectors),
-            combined_weights=combined_weights(art.manifest),
+            info=quality_info(art.meta, config.vectors),
+            combined_weights=combined_weights(art.meta),
         )
         problems = tuple(store.problems)
     json_path, html_path = write_report(quality, config.output_dir)
     return ReportResult(json_path, html_path, quality, problems)
 
 
-def combined_weights(manifest: dict[str, Any]) -> np.ndarray | None:
+def combined_weights(manifest: Manifest) -> np.ndarray | None:
     """The manifest's combined-score weights `[L, C]` (numpy), or None without them."""
     import numpy as np
 
-    entry = manifest.get("combined")
+    entry = manifest.combined
     return None if entry is None else np.asarray(entry["weights"], dtype=np.float64)
 
 
@@ -182,25 +185,25 @@ def _heldout_corpus(path: Path, concepts: list[str]) -> Corpus:
     return corpus
 
 
-def capture_settings(config: ReportConfig, manifest: dict[str, Any]) -> CaptureSettings:
+def capture_settings(config: ReportConfig, manifest: Manifest) -> CaptureSettings:
     """The artifact's capture settings (model, pooling, pool start, max length, dtype, as
     training used them), with the report's own overrides and its store."""
     from amygdala.activations import CaptureSettings
 
-    model = config.model or manifest.get("model")
+    model = config.model or manifest.model
     if not model:
         raise ConfigError(f"{config.vectors}: the manifest names no model; pass --model")
-    dtype = config.dtype or _DTYPE_FLAGS.get(str(manifest.get("model_dtype")), "auto")
-    same = model == manifest.get("model")  # the manifest's revision and blocks fit its model
+    dtype = config.dtype or _DTYPE_FLAGS.get(str(manifest.model_dtype), "auto")
+    same = model == manifest.model  # the manifest's revision and blocks fit its model
     return CaptureSettings(
         model=model,
-        pooling=manifest.get("pooling", "mean"),
-        pool_start=int(manifest.get("pool_start", 0)),
-        max_length=int(manifest.get("max_length", 512)),
+        pooling=manifest.capture_pooling,
+        pool_start=manifest.capture_pool_start,
+        max_length=manifest.capture_max_length,
         batch_size=config.batch_size,
         dtype=dtype,
-        revision=config.revision or (manifest.get("model_revision") if same else None),
-        blocks_path=config.blocks_path or (manifest.get("blocks_path") if same else None),
+        revision=config.revision or (manifest.model_revision if same else None),
+        blocks_path=config.blocks_path or (manifest.blocks_path if same else None),
         trust_remote_code=config.trust_remote_code,
         device=config.device,
         progress=config.progress,

@@ -17,8 +17,8 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
-from amygdala import __version__
-from amygdala._defaults import VectorsDtype
+from amygdala import __version__, _defaults
+from amygdala._defaults import DType, PaddingSide, VectorsDtype
 from amygdala._io import Input, Output, check_outputs
 from amygdala.activations import (
     TOKEN_SAMPLE,
@@ -27,7 +27,13 @@ from amygdala.activations import (
     capture_missing,
     open_store,
 )
-from amygdala.artifact import FORMAT, VECTOR_DTYPES, default_manifest_path, save_artifact
+from amygdala.artifact import (
+    FORMAT,
+    VECTOR_DTYPES,
+    Manifest,
+    default_manifest_path,
+    save_artifact,
+)
 from amygdala.capture import CaptureStats, Pooling, explain_nonfinite
 from amygdala.combine import (
     FOLDS,
@@ -68,19 +74,21 @@ class TrainConfig:
     output: Path  # readout.safetensors
     manifest: Path | None = None  # by default the output path with .json
     target_layers: str = DEFAULT_LAYERS  # absolute, negative, fractions, or `all`
-    pooling: Pooling = "mean"
+    # the defaults below live in amygdala._defaults, where the CLI's flags read them too
+    pooling: Pooling = _defaults.POOLING  # mean over real tokens, or the last real token
     method: str = DEFAULT_METHOD  # see amygdala.fit.FIT_METHODS and bench/bench_methods.py
-    dtype: str = "auto"  # model compute dtype: bf16 on CUDA, fp32 elsewhere
-    vectors_dtype: VectorsDtype = "float16"  # storage dtype of the vectors
-    batch_size: int = 16
-    max_length: int = 512  # tokens per text; longer texts are truncated and counted
-    min_examples: int = 8  # concepts with fewer train positives or negatives are left out
-    pool_start: int = 0  # mean pooling skips this many leading real tokens
+    dtype: DType = _defaults.DTYPE  # model compute dtype: bf16 on CUDA, fp32 elsewhere
+    vectors_dtype: VectorsDtype = _defaults.VECTORS_DTYPE  # storage dtype of the vectors
+    batch_size: int = _defaults.BATCH_SIZE  # texts per forward pass
+    max_length: int = _defaults.MAX_LENGTH  # tokens per text; longer ones are cut and counted
+    min_examples: int = _defaults.MIN_EXAMPLES  # concepts with fewer train positives or
+    #                                             negatives are left out
+    pool_start: int = _defaults.POOL_START  # mean pooling skips this many leading real tokens
     device: str | None = None  # cpu / cuda / mps; by default the best available
     revision: str | None = None
     blocks_path: str | None = None  # dotted path of the block list, for unknown models
     trust_remote_code: bool = False
-    padding_side: str | None = None  # by default the tokenizer's
+    padding_side: PaddingSide | None = None  # by default the tokenizer's
     progress: bool = True
     cache_dir: Path | None = None  # activation store; by default ~/.cache/amygdala/activations
     no_cache: bool = False  # use a temporary store, removed after the run
@@ -493,7 +501,8 @@ def train(
         if quality is not None and config.report_dir is not None:
             from amygdala.report import write_report
 
-            write_report(replace(quality, info=quality_info(manifest, vec_path)), config.report_dir)
+            info = quality_info(Manifest.from_dict(manifest), vec_path)
+            write_report(replace(quality, info=info), config.report_dir)
     dist.barrier()
     cached = int(dist.sum_array(np.array([len(mine) - cstats.texts]))[0])
     return TrainResult(

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
+from amygdala import _defaults
 from amygdala.cli._options import (
+    add_batch_size_option,
     add_device_option,
+    add_dtype_option,
     add_manifest_option,
     add_model_code_options,
 )
@@ -49,16 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="model id or directory; by default the one in the manifest"
     )
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=["bf16", "fp16", "fp32"],
-        help="model compute dtype; by default the one training used",
-    )
+    add_dtype_option(parser, from_manifest=True)
     add_device_option(parser)
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="texts per forward pass; default 16"
-    )
+    add_batch_size_option(parser)
     parser.add_argument(
         "--revision", default=None, help="model revision; by default the one in the manifest"
     )
@@ -76,20 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-coherence",
         type=int,
-        default=500,
-        help="train positives per concept used for coherence; default 500",
+        default=_defaults.MAX_COHERENCE,
+        help=f"train positives per concept used for coherence; default {_defaults.MAX_COHERENCE}",
     )
     parser.add_argument(
         "--min-train",
         type=int,
-        default=20,
-        help="flag concepts with fewer train positives or negatives; default 20",
+        default=_defaults.MIN_TRAIN,
+        help="flag concepts with fewer train positives or negatives; "
+        f"default {_defaults.MIN_TRAIN}",
     )
     parser.add_argument(
         "--min-heldout",
         type=int,
-        default=10,
-        help="flag concepts with fewer held-out positives or negatives; default 10",
+        default=_defaults.MIN_HELDOUT,
+        help="flag concepts with fewer held-out positives or negatives; "
+        f"default {_defaults.MIN_HELDOUT}",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -127,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(json_path: Path) -> None:
-    import json
+    from amygdala._text import read_json_file
+    from amygdala.errors import OutputError
 
-    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    doc: Any = read_json_file(json_path, error=OutputError)  # written a moment ago
     means = ", ".join(
         f"{layer}: {'–' if m is None else f'{m:.3f}'}"
         for layer, m in zip(doc["layers"], doc["mean_auroc_per_layer"])
