@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from amygdala._names import NAME_RULE, concept_name
 from amygdala._text import (
     JSONError,
     has_lone_surrogate,
@@ -33,12 +34,6 @@ from amygdala._text import (
 from amygdala.errors import CorpusError
 
 POSITIVE, NEGATIVE, UNLABELED = 1, -1, 0
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-
-
-def normalize_concept(name: str) -> str:
-    """Concept names are lowercase words with `_` (`On-Edge` → `on_edge`)."""
-    return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
 @dataclass(frozen=True)
@@ -102,7 +97,9 @@ class _Builder:
     def build(self) -> Corpus:
         concepts = sorted({c for (_, c, _) in self.facts})
         if not concepts:
-            raise CorpusError(f"{self.source}: no labeled examples found")
+            raise CorpusError(
+                f"{self.source}: no labeled examples found" + _skipped_detail(self.problems)
+            )
         col = {c: j for j, c in enumerate(concepts)}
         train = np.zeros((len(self.text_ids), len(concepts)), dtype=np.int8)
         held = np.zeros_like(train)
@@ -163,7 +160,8 @@ def _row_fact(row: Mapping[str, object], default_concept: str | None) -> _Fact:
     if has_lone_surrogate(text):
         raise ValueError("'text' holds a lone surrogate (a \\ud800-style escape), not Unicode text")
     concept = row.get("emotion", default_concept)
-    if not isinstance(concept, str) or not _NAME_RE.match(normalize_concept(concept)):
+    name = concept_name(concept) if isinstance(concept, str) else None
+    if name is None:
         raise ValueError(f"bad 'emotion' {concept!r}")
     polarity = row.get("polarity")
     if polarity not in ("positive", "negative"):
@@ -175,7 +173,7 @@ def _row_fact(row: Mapping[str, object], default_concept: str | None) -> _Fact:
     if isinstance(score, float) and not math.isfinite(score):
         raise ValueError(f"non-finite 'score' {score!r}")
     label = POSITIVE if polarity == "positive" else NEGATIVE
-    return text, normalize_concept(concept), label, split
+    return text, name, label, split
 
 
 def load_training_dir(root: Path) -> Corpus:
@@ -266,27 +264,36 @@ def read_paragraphs(path: Path) -> list[str]:
     return [" ".join(line.strip() for line in b.strip().splitlines()) for b in blocks if b.strip()]
 
 
+def _story_concept(path: Path, problems: list[str]) -> str | None:
+    """The concept a stories file holds positives of (its normalized file name), or None
+    with `<path>: <why>, skipped` in `problems` when its name is not a concept name."""
+    name = concept_name(path.stem)
+    if name is None:
+        problems.append(
+            f"{path}: file name {path.stem!r} is not a concept name ({NAME_RULE}), skipped"
+        )
+    return name
+
+
 def load_stories(root: Path) -> Corpus:
     """Read a stories corpus with the original negative rule (module docstring)."""
+    builder = _Builder(source=f"stories:{root}")
     positives: dict[str, list[str]] = {}
     shared_negatives: list[str] = []
     for sub in ("stories", "direct"):
         for path in sorted((root / sub).glob("*.txt")):
-            target = (
-                shared_negatives
-                if path.stem.startswith("_")
-                else positives.setdefault(normalize_concept(path.stem), [])
-            )
-            target.extend(read_paragraphs(path))
+            if path.stem.startswith("_"):
+                shared_negatives.extend(read_paragraphs(path))
+            elif (name := _story_concept(path, builder.problems)) is not None:
+                positives.setdefault(name, []).extend(read_paragraphs(path))
     for scenario in sorted(p for p in (root / "paired").glob("*") if p.is_dir()):
         for path in sorted(scenario.glob("*.txt")):
             if path.stem == "baseline" or path.stem.startswith("_"):
                 shared_negatives.extend(read_paragraphs(path))
-            else:
-                positives.setdefault(normalize_concept(path.stem), []).extend(read_paragraphs(path))
+            elif (name := _story_concept(path, builder.problems)) is not None:
+                positives.setdefault(name, []).extend(read_paragraphs(path))
     for path in sorted(root.glob("_*.txt")):
         shared_negatives.extend(read_paragraphs(path))
-    builder = _Builder(source=f"stories:{root}")
     for concept, texts in sorted(positives.items()):
         for text in texts:
             builder.add(text, concept, POSITIVE)

@@ -39,9 +39,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from amygdala._names import NAME_RULE, concept_name
 from amygdala.errors import ConfigError
 from amygdala.graph.nodes import Node
-from amygdala.graph.tags import MAX_SCORE, NAME_RE, ParsedTags, normalize_name, parse_tags
+from amygdala.graph.tags import MAX_SCORE, ParsedTags, parse_tags
 
 Polarity = Literal["positive", "negative"]
 Split = Literal["train", "heldout"]
@@ -121,12 +122,9 @@ def normalize_emotions(names: Iterable[str]) -> tuple[str, ...]:
     """Normalized, deduplicated, sorted emotion names; ConfigError on a bad one."""
     out = set()
     for raw in names:
-        name = normalize_name(raw)
-        if not NAME_RE.match(name):
-            raise ConfigError(
-                f"--emotions: {raw!r} is not an emotion name (a word of letters, "
-                "digits, '_' or '-', starting with a letter)"
-            )
+        name = concept_name(raw)
+        if name is None:
+            raise ConfigError(f"--emotions: {raw!r} is not an emotion name ({NAME_RULE})")
         out.add(name)
     if not out:
         raise ConfigError("--emotions names no emotion")

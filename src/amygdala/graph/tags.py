@@ -9,8 +9,9 @@ be read (scores) and removed (text) before anything reaches a model. The grammar
   walk. Several trailing tag lines merge; a repeated name keeps its maximum.
 * A token is `name:score`; tokens are separated by spaces or commas. `name: 9` (space
   after the colon, before a number) is read as `name:9`.
-* Names are case-insensitive words starting with a letter, normalized to lowercase with
-  `-` → `_` (`On-Edge` → `on_edge`); the normalized name must be ASCII `[a-z][a-z0-9_]*`.
+* Names are case-insensitive words starting with a letter, normalized by the package's one
+  name rule (`amygdala._names`: lowercase, `-` → `_`, `On-Edge` → `on_edge`); the
+  normalized name must be an ASCII word of `[a-z0-9_]`.
 * Scores are plain decimal numbers in [0, 10] (`9`, `7.5`, `.5`). Anything else
   (`warmth:eleven`, `fear:14`, `:5`, `joy:NaN`, `joy:inf`, `joy:-1`, `joy:1e1`) is a bad
   token: counted and reported, never used.
@@ -43,9 +44,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from amygdala._names import NAME_RE, normalize_name
+
 MAX_SCORE = 10.0
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # a normalized, valid emotion name
 _SCORE_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")  # plain decimal, no sign/exponent
 _WORD_NAME_RE = re.compile(r"^[^\W\d][\w-]*$")  # word starting with a letter (any script) or _
 _NUMERIC_START_RE = re.compile(r"^[-+.]?[0-9]")
@@ -83,11 +85,6 @@ class ParsedTags:
     @property
     def bad_names(self) -> frozenset[str]:
         return frozenset(b.name for b in self.bad_tokens if b.name is not None)
-
-
-def normalize_name(name: str) -> str:
-    """`On-Edge` → `on_edge` (lowercase, `-` → `_`)."""
-    return name.strip().lower().replace("-", "_")
 
 
 def _tokens(line: str) -> list[str]:
