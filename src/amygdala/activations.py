@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amygdala._defaults import DType, PaddingSide
+from amygdala._defaults import PADDING_SIDES, DType, PaddingSide
 from amygdala.capture import POOLINGS, CaptureStats, Pooling, capture_texts
 from amygdala.errors import ConfigError
 from amygdala.models import LoadedModel, load_model, resolve_model_name
@@ -84,7 +84,7 @@ class CaptureSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.pool_start < 0:
             raise ConfigError("--pool-start must be 0 or more")
-        if self.padding_side not in (None, "left", "right"):
+        if self.padding_side not in (None, *PADDING_SIDES):
             raise ConfigError("--padding-side must be left or right")
 
     def load(self, device: str | None = None) -> LoadedModel:

@@ -37,14 +37,18 @@ class _Stderr(logging.StreamHandler):
 
 @contextlib.contextmanager
 def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
-    """Show the library's log lines from `level` up on stderr for the `with` block."""
+    """Show the library's log lines from `level` up on stderr for the `with` block, and
+    only there: not also through handlers a dependency put on the root logger (the MCP
+    server SDK installs one), which would print each line a second time."""
     logger = logging.getLogger(LOGGER)
     handler = _Stderr()
-    before = logger.level
+    level_before, propagate_before = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(before)
+        logger.setLevel(level_before)
+        logger.propagate = propagate_before

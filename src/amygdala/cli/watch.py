@@ -34,14 +34,15 @@ Mode = Literal["z", "raw"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from amygdala import _defaults
+
+    url = f"http://{_defaults.HOST}:{_defaults.SERVE_PORT}"  # where `amygdala serve` listens
     parser.add_argument("prompt", help="the prompt (or the user message with --chat)")
-    parser.add_argument(
-        "--url", default="http://127.0.0.1:8000", help="the server; default http://127.0.0.1:8000"
-    )
+    parser.add_argument("--url", default=url, help=f"the server; default {url}")
     parser.add_argument(
         "--api-key-env",
-        default="AMYGDALA_API_KEY",
-        help="environment variable holding the Bearer key; default AMYGDALA_API_KEY",
+        default=_defaults.API_KEY_ENV,
+        help=f"environment variable holding the Bearer key; default {_defaults.API_KEY_ENV}",
     )
     parser.add_argument(
         "--chat",

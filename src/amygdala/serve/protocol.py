@@ -321,7 +321,8 @@ def parse_completion(body: Any, tokenizer: Any, *, with_readout: bool) -> Parsed
             "'prompt' must be a string or a list of token ids (one prompt per request)",
             "prompt",
         )
-    return _common("completion", body, ids, 16, with_readout)
+    # OpenAI's completions default: SamplingParams' (16 tokens)
+    return _common("completion", body, ids, SamplingParams.max_tokens, with_readout)
 
 
 def parse_chat(
