@@ -10,8 +10,9 @@ HELP = "check a readout artifact: shapes, dtype, unit norms, NaN/Inf, manifest a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, help="readout.safetensors")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="the manifest; by default PATH with .json")
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="the manifest; by default PATH with .json"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +24,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"invalid: {line}")
         return 1
     assert artifact is not None
-    m = artifact.manifest
-    print(f"ok: {len(m['concepts'])} concepts x layers {m['layers']}, hidden {m['hidden_size']}, "
-          f"{m['dtype']}" + (f", model {m['model']}" if m.get("model") else ""))
+    m = artifact.meta
+    model = f", model {m.model}" if m.model else ""
+    print(
+        f"ok: {len(m.concepts)} concepts x layers {list(m.layers)}, hidden {m.hidden_size}, "
+        f"{m.dtype}{model}"
+    )
     return 0
