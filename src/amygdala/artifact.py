@@ -39,9 +39,7 @@ from amygdala.errors import ArtifactError
 FORMAT = "amygdala-readout/1"
 METADATA_KEY = "amygdala_manifest"
 RUNTIME_FIELDS = ("concepts", "layers", "hidden_size", "dtype")
-VECTOR_DTYPES: dict[str, torch.dtype] = {
-    name: getattr(torch, name) for name in VECTORS_DTYPES
-}
+VECTOR_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in VECTORS_DTYPES}
 _KEY_RE = re.compile(r"^layer_(\d+)\.vectors$")
 
 
