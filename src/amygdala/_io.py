@@ -21,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from amygdala.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 OutputKind = Literal["file", "dir", "tree"]
 
@@ -571,7 +573,8 @@ def restore_on_failure(paths: Iterable[str | os.PathLike[str]], note: str = "") 
     For commands that write several outputs one after another (`amygdala run`: the
     training data, then the vectors, then the report): a failure anywhere leaves the
     output folder as it was. Copies are hard links, so this costs no disk space. `note`
-    is printed to stderr once everything is back.
+    is logged (a warning, which the command line shows on stderr) once everything is
+    back.
 
     Example:
         with restore_on_failure([out / "training-data", out / "readout.safetensors"]):
@@ -588,10 +591,10 @@ def restore_on_failure(paths: Iterable[str | os.PathLike[str]], note: str = "") 
             try:
                 item.restore()
             except OSError as exc:
-                print(f"warning: could not restore {item.path}: {exc}", file=sys.stderr)
+                log.warning("warning: could not restore %s: %s", item.path, exc)
                 note = ""
         if note:
-            print(note, file=sys.stderr)
+            log.warning("%s", note)
         raise
     finally:
         for item in saved:
