@@ -22,6 +22,7 @@ def _isolated_activation_cache(tmp_path_factory: pytest.TempPathFactory) -> None
     """Training in tests never writes into the user's ~/.cache."""
     os.environ["AMYGDALA_CACHE_DIR"] = str(tmp_path_factory.mktemp("activation-cache"))
 
+
 TOKENIZER_TEXT = [
     "The quick brown fox jumps over the lazy dog.",
     "I was so happy to see my friend again after all these years!",
@@ -44,62 +45,115 @@ def make_tokenizer(bos: bool) -> object:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(TOKENIZER_TEXT * 3, trainer=trainer)
     if bos:
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def _llama() -> object:
     from transformers import LlamaConfig
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, vocab_size=400,
-                       max_position_embeddings=256, architectures=["LlamaForCausalLM"])
+
+    return LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=400,
+        max_position_embeddings=256,
+        architectures=["LlamaForCausalLM"],
+    )
 
 
 def _qwen2() -> object:
     from transformers import Qwen2Config
-    return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, vocab_size=400,
-                       max_position_embeddings=256, architectures=["Qwen2ForCausalLM"])
+
+    return Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=400,
+        max_position_embeddings=256,
+        architectures=["Qwen2ForCausalLM"],
+    )
 
 
 def _qwen3() -> object:
     from transformers import Qwen3Config
-    return Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                       vocab_size=400, max_position_embeddings=256,
-                       architectures=["Qwen3ForCausalLM"])
+
+    return Qwen3Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=400,
+        max_position_embeddings=256,
+        architectures=["Qwen3ForCausalLM"],
+    )
 
 
 def _gpt2() -> object:
     from transformers import GPT2Config
-    return GPT2Config(n_embd=64, n_layer=4, n_head=4, vocab_size=400, n_positions=256,
-                      architectures=["GPT2LMHeadModel"])
+
+    return GPT2Config(
+        n_embd=64,
+        n_layer=4,
+        n_head=4,
+        vocab_size=400,
+        n_positions=256,
+        architectures=["GPT2LMHeadModel"],
+    )
 
 
 def _qwen3_5() -> object:
     """Qwen3.5-style hybrid: gated-delta-net linear attention blocks + full attention."""
     from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
+
     return Qwen3_5TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=400, max_position_embeddings=256,
-        layer_types=["linear_attention", "linear_attention", "linear_attention",
-                     "full_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-        linear_value_head_dim=16, architectures=["Qwen3_5ForCausalLM"])
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=400,
+        max_position_embeddings=256,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        architectures=["Qwen3_5ForCausalLM"],
+    )
 
 
 def _bert() -> object:
     from transformers import BertConfig
-    return BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, vocab_size=400, max_position_embeddings=256,
-                      architectures=["BertModel"])
+
+    return BertConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        vocab_size=400,
+        max_position_embeddings=256,
+        architectures=["BertModel"],
+    )
 
 
 # name -> (config factory, tokenizer adds BOS)

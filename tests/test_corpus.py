@@ -23,15 +23,21 @@ def label(corpus: object, text: str, concept: str, split: str = "train") -> int:
 
 
 def test_training_dir_dedupes_texts_and_splits(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "joy.jsonl", [
-        {"emotion": "joy", "polarity": "positive", "text": "A", "split": "train"},
-        {"emotion": "joy", "polarity": "negative", "text": "B", "split": "train"},
-        {"emotion": "joy", "polarity": "positive", "text": "H", "split": "heldout"},
-    ])
-    write_jsonl(tmp_path / "fear.jsonl", [
-        {"emotion": "fear", "polarity": "positive", "text": "B", "split": "train"},
-        {"emotion": "fear", "polarity": "negative", "text": "A", "split": "train"},
-    ])
+    write_jsonl(
+        tmp_path / "joy.jsonl",
+        [
+            {"emotion": "joy", "polarity": "positive", "text": "A", "split": "train"},
+            {"emotion": "joy", "polarity": "negative", "text": "B", "split": "train"},
+            {"emotion": "joy", "polarity": "positive", "text": "H", "split": "heldout"},
+        ],
+    )
+    write_jsonl(
+        tmp_path / "fear.jsonl",
+        [
+            {"emotion": "fear", "polarity": "positive", "text": "B", "split": "train"},
+            {"emotion": "fear", "polarity": "negative", "text": "A", "split": "train"},
+        ],
+    )
     (tmp_path / "manifest.json").write_text("{}")
     corpus = load_corpus(tmp_path)
     assert corpus.concepts == ("fear", "joy")
@@ -43,23 +49,27 @@ def test_training_dir_dedupes_texts_and_splits(tmp_path: Path) -> None:
 
 
 def test_rows_without_split_all_train(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "calm.jsonl", [
-        {"emotion": "calm", "polarity": "positive", "text": "x"},
-        {"emotion": "calm", "polarity": "negative", "text": "y"},
-    ])
+    write_jsonl(
+        tmp_path / "calm.jsonl",
+        [
+            {"emotion": "calm", "polarity": "positive", "text": "x"},
+            {"emotion": "calm", "polarity": "negative", "text": "y"},
+        ],
+    )
     assert load_corpus(tmp_path).counts() == {"calm": (1, 1)}
 
 
 def test_bad_rows_are_counted_with_location(tmp_path: Path) -> None:
     (tmp_path / "joy.jsonl").write_bytes(
         b'{"emotion": "joy", "polarity": "positive", "text": "fine"}\n'
-        b'{not json\n'
-        b'\xff\xfe\n'
-        b'[1, 2]\n'
+        b"{not json\n"
+        b"\xff\xfe\n"
+        b"[1, 2]\n"
         b'{"emotion": "joy", "polarity": "maybe", "text": "t"}\n'
         b'{"emotion": "joy", "polarity": "negative", "text": "   "}\n'
         b'{"emotion": "joy", "polarity": "negative", "text": "ok", "split": "dev"}\n'
-        b'{"emotion": "joy", "polarity": "negative", "text": "ok2"}\n')
+        b'{"emotion": "joy", "polarity": "negative", "text": "ok2"}\n'
+    )
     corpus = load_corpus(tmp_path)
     assert corpus.counts() == {"joy": (1, 1)}
     where = [p.split(":")[1] for p in corpus.problems]

@@ -26,8 +26,9 @@ def test_mean_diff_equals_numpy_streamed_in_batches() -> None:
     labels = rng.choice([-1, 0, 1], size=(n, n_concepts), p=[0.5, 0.2, 0.3]).astype(np.int8)
     stats = ConceptStats.zeros(n_layers, n_concepts, hidden)
     for start in range(0, n, 10):
-        stats.update(torch.from_numpy(labels[start:start + 10]),
-                     torch.from_numpy(acts[start:start + 10]))
+        stats.update(
+            torch.from_numpy(labels[start : start + 10]), torch.from_numpy(acts[start : start + 10])
+        )
     got = mean_diff(stats).numpy()
     np.testing.assert_allclose(got, numpy_mean_diff(acts, labels), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)

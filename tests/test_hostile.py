@@ -21,19 +21,33 @@ import torch
 from amygdala.cli import main
 
 GOOD_ROWS = {
-    "joy": ["We laughed all afternoon at the fair.", "The puppy wagged its tail at me!",
-            "Sunlight and music filled the kitchen.", "She won the race and cheered."],
-    "fear": ["Footsteps behind me in the dark alley.", "The plane dropped suddenly.",
-             "A scream from the basement at night.", "The ice cracked under my boots."],
+    "joy": [
+        "We laughed all afternoon at the fair.",
+        "The puppy wagged its tail at me!",
+        "Sunlight and music filled the kitchen.",
+        "She won the race and cheered.",
+    ],
+    "fear": [
+        "Footsteps behind me in the dark alley.",
+        "The plane dropped suddenly.",
+        "A scream from the basement at night.",
+        "The ice cracked under my boots.",
+    ],
 }
 
 
 def good_dir(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for emotion in GOOD_ROWS:
-        rows = [{"emotion": emotion, "text": t,
-                 "polarity": "positive" if other == emotion else "negative"}
-                for other, texts in GOOD_ROWS.items() for t in texts]
+        rows = [
+            {
+                "emotion": emotion,
+                "text": t,
+                "polarity": "positive" if other == emotion else "negative",
+            }
+            for other, texts in GOOD_ROWS.items()
+            for t in texts
+        ]
         (root / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -51,15 +65,34 @@ class Env:
     out: Path
 
     def args(self, *extra: str, model: Path | None = None, data: Path | None = None) -> list[str]:
-        return ["train", "--model", str(model or self.model), "--training-data-dir",
-                str(data or self.data), "--output", str(self.out), "--target-layers", "1,3",
-                "--min-examples", "3", "--no-cache", "--no-progress", "--device", "cpu", *extra]
+        return [
+            "train",
+            "--model",
+            str(model or self.model),
+            "--training-data-dir",
+            str(data or self.data),
+            "--output",
+            str(self.out),
+            "--target-layers",
+            "1,3",
+            "--min-examples",
+            "3",
+            "--no-cache",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+        ]
 
 
 @pytest.fixture
 def env(tmp_path: Path, tiny_model_dirs: Callable[[str], Path]) -> Env:
-    return Env(tmp_path, tiny_model_dirs("llama"), good_dir(tmp_path / "data"),
-               tmp_path / "out" / "readout.safetensors")
+    return Env(
+        tmp_path,
+        tiny_model_dirs("llama"),
+        good_dir(tmp_path / "data"),
+        tmp_path / "out" / "readout.safetensors",
+    )
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -78,28 +111,41 @@ def no_partial_output(env: Env) -> None:
 
 ROW_CASES = {
     "malformed-json": (b'{"emotion": "joy", "polarity": "positive", "text": "x"', "not valid JSON"),
-    "invalid-utf8": (b'{"emotion": "joy", "polarity": "positive", "text": "\xff\xfe"}',
-                     "not valid UTF-8"),
-    "nan-score": (b'{"emotion": "joy", "polarity": "positive", "text": "t", "score": NaN}',
-                  "non-finite 'score'"),
-    "empty-text": (b'{"emotion": "joy", "polarity": "positive", "text": ""}',
-                   "missing or empty 'text'"),
-    "whitespace-text": (b'{"emotion": "joy", "polarity": "positive", "text": " \\n\\t "}',
-                        "missing or empty 'text'"),
+    "invalid-utf8": (
+        b'{"emotion": "joy", "polarity": "positive", "text": "\xff\xfe"}',
+        "not valid UTF-8",
+    ),
+    "nan-score": (
+        b'{"emotion": "joy", "polarity": "positive", "text": "t", "score": NaN}',
+        "non-finite 'score'",
+    ),
+    "empty-text": (
+        b'{"emotion": "joy", "polarity": "positive", "text": ""}',
+        "missing or empty 'text'",
+    ),
+    "whitespace-text": (
+        b'{"emotion": "joy", "polarity": "positive", "text": " \\n\\t "}',
+        "missing or empty 'text'",
+    ),
     "missing-polarity": (b'{"emotion": "joy", "text": "a fine text"}', "'polarity' must be"),
     "missing-text": (b'{"emotion": "joy", "polarity": "negative"}', "missing or empty 'text'"),
-    "bad-emotion-name": (b'{"emotion": "../../etc", "polarity": "positive", "text": "t"}',
-                         "bad 'emotion'"),
+    "bad-emotion-name": (
+        b'{"emotion": "../../etc", "polarity": "positive", "text": "t"}',
+        "bad 'emotion'",
+    ),
     "not-an-object": (b'["joy", "positive", "text"]', "not a JSON object"),
-    "bad-split": (b'{"emotion": "joy", "polarity": "positive", "text": "t", "split": "dev"}',
-                  "'split' must be"),
+    "bad-split": (
+        b'{"emotion": "joy", "polarity": "positive", "text": "t", "split": "dev"}',
+        "'split' must be",
+    ),
     "polarity-number": (b'{"emotion": "joy", "polarity": 1, "text": "t"}', "'polarity' must be"),
 }
 
 
 @pytest.mark.parametrize("case", list(ROW_CASES))
-def test_bad_training_row_is_skipped_and_reported(env: Env, case: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_training_row_is_skipped_and_reported(
+    env: Env, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw, message = ROW_CASES[case]
     append(env.data / "joy.jsonl", raw)
     code, text = run(env.args(), capsys)
@@ -122,15 +168,18 @@ def test_duplicate_rows_count_once(env: Env, capsys: pytest.CaptureFixture[str])
 def test_huge_node_is_truncated_and_counted(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     huge = "the quick brown fox jumps over the lazy dog " * 120_000  # ~5 MB
     assert len(huge) > 5_000_000
-    append(env.data / "joy.jsonl", json.dumps(
-        {"emotion": "joy", "polarity": "positive", "text": huge}).encode())
+    append(
+        env.data / "joy.jsonl",
+        json.dumps({"emotion": "joy", "polarity": "positive", "text": huge}).encode(),
+    )
     code, text = run(env.args("--max-length", "64"), capsys)
     assert code == 0, text
     assert "truncated to --max-length: 1" in text
 
 
-def test_text_of_only_special_tokens_is_skipped(env: Env,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_of_only_special_tokens_is_skipped(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     append(env.data / "joy.jsonl", b'{"emotion": "joy", "polarity": "positive", "text": "<s>"}')
     code, text = run(env.args(), capsys)
     assert code == 0, text
@@ -140,6 +189,7 @@ def test_text_of_only_special_tokens_is_skipped(env: Env,
 
 
 # --- runs that cannot go on: one clear error, exit 2, no partial output ----------------
+
 
 def _garbage_config(env: Env) -> list[str]:
     bad = env.tmp / "bad-model"
@@ -193,8 +243,10 @@ FATAL_CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
     "garbage-config": (_garbage_config, "cannot load model config"),
     "truncated-weights": (_truncated_weights, "cannot load model weights"),
     "unknown-blocks-path": (_unknown_architecture, "no block list at 'model.not_here'"),
-    "layer-out-of-range": (lambda e: e.args("--target-layers", "1,12"),
-                           "layer 12 is out of range; this model has 4 blocks"),
+    "layer-out-of-range": (
+        lambda e: e.args("--target-layers", "1,12"),
+        "layer 12 is out of range; this model has 4 blocks",
+    ),
     "layer-garbage": (lambda e: e.args("--target-layers", "one"), "'one' is not a layer index"),
     "missing-data-dir": (lambda e: e.args(data=e.tmp / "nothing"), "does not exist"),
     "empty-data-dir": (_empty_dir, "holds neither <emotion>.jsonl files"),
@@ -202,17 +254,19 @@ FATAL_CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
     "stories-invalid-utf8": (_stories_bad_utf8, "not valid UTF-8"),
     "too-few-examples": (lambda e: e.args("--min-examples", "40"), "no concept in"),
     "output-is-directory": (_output_is_directory, "is a directory"),
-    "manifest-equals-output": (lambda e: e.args("--manifest", str(e.out)),
-                               "--manifest must differ from --output"),
-    "missing-neutral": (lambda e: e.args("--neutral", str(e.tmp / "none.txt")),
-                        "--neutral"),
+    "manifest-equals-output": (
+        lambda e: e.args("--manifest", str(e.out)),
+        "--manifest must differ from --output",
+    ),
+    "missing-neutral": (lambda e: e.args("--neutral", str(e.tmp / "none.txt")), "--neutral"),
     "bad-device": (lambda e: e.args()[:-2] + ["--device", "tpu9"], "--device 'tpu9'"),
 }
 
 
 @pytest.mark.parametrize("case", list(FATAL_CASES))
-def test_fatal_input_gives_one_clear_error(env: Env, case: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_fatal_input_gives_one_clear_error(
+    env: Env, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     build, message = FATAL_CASES[case]
     argv = build(env)
     code, text = run(argv, capsys)
@@ -223,22 +277,27 @@ def test_fatal_input_gives_one_clear_error(env: Env, case: str,
         no_partial_output(env)
 
 
-def test_failed_run_leaves_existing_artifact_untouched(env: Env,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_run_leaves_existing_artifact_untouched(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(env.args(), capsys)[0] == 0
     before = env.out.read_bytes(), env.out.with_suffix(".json").read_bytes()
     code, _ = run(env.args("--target-layers", "99"), capsys)
     assert code == 2
     assert (env.out.read_bytes(), env.out.with_suffix(".json").read_bytes()) == before
-    assert sorted(p.name for p in env.out.parent.iterdir()) == ["readout.json",
-                                                               "readout.safetensors"]
+    assert sorted(p.name for p in env.out.parent.iterdir()) == [
+        "readout.json",
+        "readout.safetensors",
+    ]
 
 
 # --- fp16 overflow: NaN/Inf activations -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def overflow_model(tmp_path_factory: pytest.TempPathFactory,
-                   tiny_model_dirs: Callable[[str], Path]) -> Path:
+def overflow_model(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dirs: Callable[[str], Path]
+) -> Path:
     """A tiny Llama whose fp16 residual overflows on texts containing the token 'O'."""
     from transformers import AutoModelForCausalLM
 
@@ -250,30 +309,37 @@ def overflow_model(tmp_path_factory: pytest.TempPathFactory,
     out = tmp_path_factory.mktemp("overflow-model")
     model.save_pretrained(out)
     import shutil
+
     for f in tiny_model_dirs("llama").glob("tokenizer*"):
         shutil.copy(f, out)
     return out
 
 
-def test_fp16_overflow_rows_are_skipped_and_counted(env: Env, overflow_model: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_fp16_overflow_rows_are_skipped_and_counted(
+    env: Env, overflow_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     append(env.data / "joy.jsonl", b'{"emotion": "joy", "polarity": "positive", "text": "OOO"}')
     code, text = run(env.args("--dtype", "fp16", model=overflow_model), capsys)
     assert code == 0, text
     assert "skipped 1 texts with NaN/Inf activations (fp16 overflow: try --dtype bf16" in text
     from amygdala.artifact import validate_artifact
+
     assert validate_artifact(env.out) == []
     code32, text32 = run(env.args("--dtype", "fp32", model=overflow_model), capsys)
     assert code32 == 0 and "NaN/Inf" not in text32
 
 
-def test_fp16_overflow_everywhere_is_an_error(env: Env, overflow_model: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_fp16_overflow_everywhere_is_an_error(
+    env: Env, overflow_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = env.tmp / "all-overflow"
     bad.mkdir()
     for emotion in ("joy", "fear"):
-        rows = [{"emotion": emotion, "polarity": p, "text": f"O {emotion} {p} {i}"}
-                for p in ("positive", "negative") for i in range(4)]
+        rows = [
+            {"emotion": emotion, "polarity": p, "text": f"O {emotion} {p} {i}"}
+            for p in ("positive", "negative")
+            for i in range(4)
+        ]
         (bad / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, text = run(env.args("--dtype", "fp16", model=overflow_model, data=bad), capsys)
     assert code == 2
@@ -282,6 +348,7 @@ def test_fp16_overflow_everywhere_is_an_error(env: Env, overflow_model: Path,
 
 
 # --- artifacts: truncated, tampered, disagreeing ---------------------------------------
+
 
 @pytest.fixture
 def trained(env: Env, capsys: pytest.CaptureFixture[str]) -> Env:
@@ -325,8 +392,15 @@ def test_no_pickle_anywhere_in_the_package() -> None:
 
 
 def test_trust_remote_code_is_off_by_default() -> None:
-    help_text = " ".join(subprocess.run([sys.executable, "-m", "amygdala", "train", "--help"],
-                                        capture_output=True, text=True, check=True).stdout.split())
+    help_text = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "amygdala", "train", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
     assert "--trust-remote-code" in help_text and "off by default" in help_text
     from amygdala.train import TrainConfig
+
     assert TrainConfig.__dataclass_fields__["trust_remote_code"].default is False

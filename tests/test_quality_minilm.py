@@ -28,8 +28,17 @@ def test_minilm_vectors_separate_heldout_stories(tmp_path: Path, minilm_dir: Pat
 
     lm = load_model(str(minilm_dir), device="cpu", dtype="fp32")
     out = tmp_path / "readout.safetensors"
-    train(TrainConfig(model="minilm", training_data_dir=DATA / "stories", output=out,
-                      target_layers="all", no_cache=True, progress=False), lm=lm)
+    train(
+        TrainConfig(
+            model="minilm",
+            training_data_dir=DATA / "stories",
+            output=out,
+            target_layers="all",
+            no_cache=True,
+            progress=False,
+        ),
+        lm=lm,
+    )
     art = load_artifact(out)
     held = load_stories(DATA / "stories_heldout").select(art.concepts)
     acts = torch.zeros(len(held.texts), len(art.layers), lm.hidden_size)
@@ -44,7 +53,9 @@ def test_minilm_vectors_separate_heldout_stories(tmp_path: Path, minilm_dir: Pat
         for j in range(len(art.layers)):
             auroc[j, c] = roc_auc_score(labels[rows] == POSITIVE, proj[rows, j, c])
     best = int(auroc.mean(axis=1).argmax())
-    print(f"held-out AUROC per layer: {auroc.mean(axis=1).round(3)}; best layer "
-          f"{art.layers[best]}: {dict(zip(art.concepts, auroc[best].round(3)))}")
+    print(
+        f"held-out AUROC per layer: {auroc.mean(axis=1).round(3)}; best layer "
+        f"{art.layers[best]}: {dict(zip(art.concepts, auroc[best].round(3)))}"
+    )
     assert auroc[best].mean() >= 0.90
     assert auroc[best].min() >= 0.85

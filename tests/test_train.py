@@ -18,15 +18,30 @@ from amygdala.models import load_model
 from amygdala.train import TrainConfig, train
 
 EMOTIONS = {
-    "joy": ["We laughed all afternoon at the fair.", "The puppy wagged its tail at me!",
-            "Sunlight and music filled the kitchen.", "She won the race and cheered.",
-            "A surprise party, balloons everywhere.", "He danced in the rain, grinning."],
-    "fear": ["Footsteps behind me in the dark alley.", "The plane dropped suddenly.",
-             "A scream from the basement at night.", "My heart pounded as the door creaked.",
-             "The ice cracked under my boots.", "Something moved under the bed."],
-    "calm": ["The lake was still at dawn.", "She breathed slowly, eyes closed.",
-             "Tea steamed quietly on the table.", "Snow fell softly over the field.",
-             "The cat slept in a patch of sun.", "Waves rolled in, slow and even."],
+    "joy": [
+        "We laughed all afternoon at the fair.",
+        "The puppy wagged its tail at me!",
+        "Sunlight and music filled the kitchen.",
+        "She won the race and cheered.",
+        "A surprise party, balloons everywhere.",
+        "He danced in the rain, grinning.",
+    ],
+    "fear": [
+        "Footsteps behind me in the dark alley.",
+        "The plane dropped suddenly.",
+        "A scream from the basement at night.",
+        "My heart pounded as the door creaked.",
+        "The ice cracked under my boots.",
+        "Something moved under the bed.",
+    ],
+    "calm": [
+        "The lake was still at dawn.",
+        "She breathed slowly, eyes closed.",
+        "Tea steamed quietly on the table.",
+        "Snow fell softly over the field.",
+        "The cat slept in a patch of sun.",
+        "Waves rolled in, slow and even.",
+    ],
 }
 
 
@@ -38,9 +53,15 @@ def write_training_dir(root: Path, *, reverse: bool = False, heldout_every: int 
         for other, texts in EMOTIONS.items():
             for i, text in enumerate(texts):
                 split = "heldout" if i % heldout_every == heldout_every - 1 else "train"
-                rows.append({"emotion": emotion, "key": f"{other}-{i}", "text": text,
-                             "polarity": "positive" if other == emotion else "negative",
-                             "split": split})
+                rows.append(
+                    {
+                        "emotion": emotion,
+                        "key": f"{other}-{i}",
+                        "text": text,
+                        "polarity": "positive" if other == emotion else "negative",
+                        "split": split,
+                    }
+                )
         if reverse:
             rows.reverse()
         (root / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -90,22 +111,47 @@ def reference_vectors(model_dir: Path, layers: list[int]) -> dict[str, np.ndarra
 
 
 def test_cli_vectors_equal_numpy_difference_of_means(
-        tmp_path: Path, tiny_model_dirs: Callable[[str], Path],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, tiny_model_dirs: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     model_dir = tiny_model_dirs("llama")
     data = write_training_dir(tmp_path / "data")
     out = tmp_path / "out" / "readout.safetensors"
-    code = main(["train", "--model", str(model_dir), "--training-data-dir", str(data),
-                 "--target-layers", "0,2", "--output", str(out), "--dtype", "fp32",
-                 "--method", "mean_diff",
-                 "--vectors-dtype", "float32", "--batch-size", "5", "--min-examples", "3",
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--training-data-dir",
+            str(data),
+            "--target-layers",
+            "0,2",
+            "--output",
+            str(out),
+            "--dtype",
+            "fp32",
+            "--method",
+            "mean_diff",
+            "--vectors-dtype",
+            "float32",
+            "--batch-size",
+            "5",
+            "--min-examples",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     art = load_artifact(out)
     m = art.manifest
     assert m["concepts"] == ["calm", "fear", "joy"] and m["layers"] == [0, 2]
-    assert (m["hidden_size"], m["dtype"], m["pooling"], m["method"]) == (64, "float32", "mean",
-                                                                        "mean_diff")
+    assert (m["hidden_size"], m["dtype"], m["pooling"], m["method"]) == (
+        64,
+        "float32",
+        "mean",
+        "mean_diff",
+    )
     assert m["counts"]["joy"] == {"positive": 4, "negative": 8}
     assert m["format"] == "amygdala-readout/1" and m["model"] == str(model_dir)
     ref = reference_vectors(model_dir, [0, 2])
@@ -121,8 +167,13 @@ def test_cli_vectors_equal_numpy_difference_of_means(
     cal = m["calibration"]
     assert (cal["reference"], cal["unit"], cal["tokens_per_text"]) == ("negatives", "token", 4)
     for c, concept in enumerate(m["concepts"]):
-        negs = [sampled_tokens(hidden[t[i]]) for o, t in EMOTIONS.items() if o != concept
-                for i in range(len(t)) if i % 3 != 2]
+        negs = [
+            sampled_tokens(hidden[t[i]])
+            for o, t in EMOTIONS.items()
+            if o != concept
+            for i in range(len(t))
+            if i % 3 != 2
+        ]
         for j, layer in enumerate(m["layers"]):
             proj = np.concatenate([n[j] @ art.vectors[layer][c].numpy() for n in negs])
             assert cal["mean"][j][c] == pytest.approx(proj.mean(), abs=2e-3)
@@ -134,14 +185,18 @@ def llama(tiny_model_dirs: Callable[[str], Path]) -> object:
     return load_model(str(tiny_model_dirs("llama")), device="cpu", dtype="fp32")
 
 
-def run_train(lm: object, data: Path, out: Path, **kw: object) -> tuple[dict[int, torch.Tensor],
-                                                                      dict[str, object]]:
+def run_train(
+    lm: object, data: Path, out: Path, **kw: object
+) -> tuple[dict[int, torch.Tensor], dict[str, object]]:
     settings: dict[str, object] = {
-        "target_layers": "1,3", "min_examples": 3, "vectors_dtype": "float32",
-        "progress": False, "no_cache": True,  # every run really captures unless told otherwise
-        **kw}
-    cfg = TrainConfig(model="tiny-llama", training_data_dir=data, output=out,
-                      **settings)  # type: ignore[arg-type]
+        "target_layers": "1,3",
+        "min_examples": 3,
+        "vectors_dtype": "float32",
+        "progress": False,
+        "no_cache": True,  # every run really captures unless told otherwise
+        **kw,
+    }
+    cfg = TrainConfig(model="tiny-llama", training_data_dir=data, output=out, **settings)  # type: ignore[arg-type]
     train(cfg, lm=lm)  # type: ignore[arg-type]
     art = load_artifact(out)
     return art.vectors, art.manifest
@@ -151,14 +206,23 @@ def test_one_forward_pass_per_unique_text(tmp_path: Path, llama: object) -> None
     data = write_training_dir(tmp_path / "data")
     rows: list[int] = []
     handle = llama.blocks[0].register_forward_pre_hook(  # type: ignore[attr-defined]
-        lambda _m, args: rows.append(args[0].shape[0]))
+        lambda _m, args: rows.append(args[0].shape[0])
+    )
     cache = tmp_path / "cache"
     try:
-        run_train(llama, data, tmp_path / "r.safetensors", batch_size=4, cache_dir=cache,
-                  no_cache=False)
+        run_train(
+            llama, data, tmp_path / "r.safetensors", batch_size=4, cache_dir=cache, no_cache=False
+        )
         first = list(rows)
-        run_train(llama, data, tmp_path / "r2.safetensors", batch_size=4, cache_dir=cache,
-                  no_cache=False, min_examples=2)
+        run_train(
+            llama,
+            data,
+            tmp_path / "r2.safetensors",
+            batch_size=4,
+            cache_dir=cache,
+            no_cache=False,
+            min_examples=2,
+        )
     finally:
         handle.remove()
     n_texts = sum(len(texts) for texts in EMOTIONS.values())
@@ -167,9 +231,16 @@ def test_one_forward_pass_per_unique_text(tmp_path: Path, llama: object) -> None
     assert rows == first  # the rerun with other settings found every text in the cache
 
 
-@pytest.mark.parametrize("knob", [{"batch_size": 1}, {"batch_size": 7},
-                                  {"padding_side": "left"}, {"padding_side": "right"},
-                                  "shuffled"])
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"batch_size": 1},
+        {"batch_size": 7},
+        {"padding_side": "left"},
+        {"padding_side": "right"},
+        "shuffled",
+    ],
+)
 def test_invariances(tmp_path: Path, llama: object, knob: object) -> None:
     data = write_training_dir(tmp_path / "data")
     base_v, base_m = run_train(llama, data, tmp_path / "a.safetensors", batch_size=3)
@@ -185,8 +256,10 @@ def test_invariances(tmp_path: Path, llama: object, knob: object) -> None:
 
 def test_min_examples_leaves_out_and_reports(tmp_path: Path, llama: object) -> None:
     data = write_training_dir(tmp_path / "data")
-    rows = [{"emotion": "awe", "polarity": "positive", "text": "The stars! So many."},
-            {"emotion": "awe", "polarity": "negative", "text": "The bus was late."}]
+    rows = [
+        {"emotion": "awe", "polarity": "positive", "text": "The stars! So many."},
+        {"emotion": "awe", "polarity": "negative", "text": "The bus was late."},
+    ]
     (data / "awe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     _, m = run_train(llama, data, tmp_path / "r.safetensors")
     assert "awe" not in m["concepts"]  # type: ignore[operator]
@@ -196,17 +269,52 @@ def test_min_examples_leaves_out_and_reports(tmp_path: Path, llama: object) -> N
 def test_entry_point_module(tmp_path: Path, tiny_model_dirs: Callable[[str], Path]) -> None:
     data = write_training_dir(tmp_path / "data")
     out = tmp_path / "readout.safetensors"
-    help_text = subprocess.run([sys.executable, "-m", "amygdala.train_steering_vectors", "--help"],
-                               capture_output=True, text=True, check=True).stdout
-    for flag in ("--model", "--training-data-dir", "--target-layers", "--output", "--dtype",
-                 "--batch-size", "--pooling", "--method", "--manifest", "--vectors-dtype",
-                 "--device", "--max-length", "--min-examples"):
+    help_text = subprocess.run(
+        [sys.executable, "-m", "amygdala.train_steering_vectors", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--model",
+        "--training-data-dir",
+        "--target-layers",
+        "--output",
+        "--dtype",
+        "--batch-size",
+        "--pooling",
+        "--method",
+        "--manifest",
+        "--vectors-dtype",
+        "--device",
+        "--max-length",
+        "--min-examples",
+    ):
         assert flag in help_text
     proc = subprocess.run(
-        [sys.executable, "-m", "amygdala.train_steering_vectors", "--model",
-         str(tiny_model_dirs("gpt2")), "--training-data-dir", str(data), "--target-layers",
-         "-1", "--output", str(out), "--manifest", str(tmp_path / "m.json"), "--pooling", "last",
-         "--min-examples", "3", "--no-progress"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "amygdala.train_steering_vectors",
+            "--model",
+            str(tiny_model_dirs("gpt2")),
+            "--training-data-dir",
+            str(data),
+            "--target-layers",
+            "-1",
+            "--output",
+            str(out),
+            "--manifest",
+            str(tmp_path / "m.json"),
+            "--pooling",
+            "last",
+            "--min-examples",
+            "3",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     art = load_artifact(out, tmp_path / "m.json")
     assert art.layers == [3] and art.manifest["pooling"] == "last"
@@ -214,19 +322,39 @@ def test_entry_point_module(tmp_path: Path, tiny_model_dirs: Callable[[str], Pat
     assert main(["validate", str(out), "--manifest", str(tmp_path / "m.json")]) == 0
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--target-layers", "9"], "layer 9 is out of range; this model has 4 blocks"),
-    (["--method", "magic"], "--method 'magic': choose one of"),
-    (["--min-examples", "50"], "no concept in"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-])
-def test_clear_errors(tmp_path: Path, tiny_model_dirs: Callable[[str], Path], extra: list[str],
-                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-layers", "9"], "layer 9 is out of range; this model has 4 blocks"),
+        (["--method", "magic"], "--method 'magic': choose one of"),
+        (["--min-examples", "50"], "no concept in"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_clear_errors(
+    tmp_path: Path,
+    tiny_model_dirs: Callable[[str], Path],
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     data = write_training_dir(tmp_path / "data")
     out = tmp_path / "readout.safetensors"
-    code = main(["train", "--model", str(tiny_model_dirs("qwen2")), "--training-data-dir",
-                 str(data), "--output", str(out), "--min-examples", "3", "--no-progress",
-                 *extra])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dirs("qwen2")),
+            "--training-data-dir",
+            str(data),
+            "--output",
+            str(out),
+            "--min-examples",
+            "3",
+            "--no-progress",
+            *extra,
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()
@@ -235,7 +363,18 @@ def test_clear_errors(tmp_path: Path, tiny_model_dirs: Callable[[str], Path], ex
 def test_missing_model_dir_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_training_dir(tmp_path / "data")
     (tmp_path / "model").mkdir()
-    code = main(["train", "--model", str(tmp_path / "model"), "--training-data-dir", str(data),
-                 "--output", str(tmp_path / "r.safetensors"), "--min-examples", "3"])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tmp_path / "model"),
+            "--training-data-dir",
+            str(data),
+            "--output",
+            str(tmp_path / "r.safetensors"),
+            "--min-examples",
+            "3",
+        ]
+    )
     assert code == 2
     assert "has no config.json" in capsys.readouterr().err

@@ -21,8 +21,11 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], n_layers: int) -> list
     """
     if n_layers < 1:
         raise ConfigError("the model has no blocks to hook")
-    items: list[str] = ([str(x) for x in spec] if isinstance(spec, (list, tuple))
-                        else [s.strip() for s in str(spec).split(",") if s.strip()])
+    items: list[str] = (
+        [str(x) for x in spec]
+        if isinstance(spec, (list, tuple))
+        else [s.strip() for s in str(spec).split(",") if s.strip()]
+    )
     if not items:
         raise ConfigError("--target-layers is empty; pass e.g. 3,18,33,36 or all")
     if items == ["all"]:
