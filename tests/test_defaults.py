@@ -30,23 +30,10 @@ import pytest
 
 from _memory_server import amygdala as amygdala_argv
 from _memory_server import clean_env, spawn
+from _training_rows import write_training_dir
 from amygdala.cli import build_parser
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "readout.json"
-ROWS = {
-    "joy": [
-        "We laughed all afternoon at the fair.",
-        "The puppy wagged its tail at me!",
-        "Sunlight and music filled the kitchen.",
-        "She won the race and cheered.",
-    ],
-    "fear": [
-        "Footsteps behind me in the dark alley.",
-        "The plane dropped suddenly.",
-        "A scream from the basement at night.",
-        "The ice cracked under my boots.",
-    ],
-}
 LONG_TEXT = "the quick brown fox jumps over the lazy dog " * 120  # > 256 tokens
 
 
@@ -170,14 +157,7 @@ def trained(
 ) -> Path:
     """An artifact `amygdala train` wrote for the tiny GPT-2 (256 positions)."""
     root = tmp_path_factory.mktemp("trained")
-    (root / "data").mkdir()
-    for emotion in ROWS:
-        rows = [
-            {"emotion": emotion, "text": t, "polarity": "positive" if o == emotion else "negative"}
-            for o, texts in ROWS.items()
-            for t in texts
-        ]
-        (root / "data" / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_training_dir(root / "data")
     out = root / "out" / "readout.safetensors"
     done = cli(
         "train",

@@ -18,38 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from _training_rows import write_training_dir
 from amygdala.cli import main
-
-GOOD_ROWS = {
-    "joy": [
-        "We laughed all afternoon at the fair.",
-        "The puppy wagged its tail at me!",
-        "Sunlight and music filled the kitchen.",
-        "She won the race and cheered.",
-    ],
-    "fear": [
-        "Footsteps behind me in the dark alley.",
-        "The plane dropped suddenly.",
-        "A scream from the basement at night.",
-        "The ice cracked under my boots.",
-    ],
-}
 
 
 def good_dir(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for emotion in GOOD_ROWS:
-        rows = [
-            {
-                "emotion": emotion,
-                "text": t,
-                "polarity": "positive" if other == emotion else "negative",
-            }
-            for other, texts in GOOD_ROWS.items()
-            for t in texts
-        ]
-        (root / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_training_dir(root)
 
 
 def append(path: Path, raw: bytes) -> None:

@@ -24,25 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from _training_rows import jsonl_files
+
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, byte arguments"),
     pytest.mark.slow,  # ~40 CLI subprocesses
 ]
 
-ROWS = {
-    "joy": [
-        "We laughed all afternoon at the fair.",
-        "The puppy wagged its tail at me!",
-        "Sunlight and music filled the kitchen.",
-        "She won the race and cheered.",
-    ],
-    "fear": [
-        "Footsteps behind me in the dark alley.",
-        "The plane dropped suddenly.",
-        "A scream from the basement at night.",
-        "The ice cracked under my boots.",
-    ],
-}
 Argv = list[str | bytes | Path]
 LONG_TEXT = "the quick brown fox jumps over the lazy dog " * 120  # > 256 tokens anywhere
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -50,16 +38,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 
 def training_rows(polarity: Callable[[str, str], str] | None = None) -> dict[str, bytes]:
     """`<emotion>.jsonl` contents: each emotion's texts positive, the other's negative."""
-    pick = polarity or (lambda emotion, other: "positive" if other == emotion else "negative")
-    return {
-        emotion: b"".join(
-            json.dumps({"emotion": emotion, "text": t, "polarity": pick(emotion, other)}).encode()
-            + b"\n"
-            for other, texts in ROWS.items()
-            for t in texts
-        )
-        for emotion in ROWS
-    }
+    return jsonl_files(polarity=polarity)
 
 
 def write_training_data(root: Path, **extra_lines: bytes) -> Path:

@@ -28,45 +28,16 @@ from pathlib import Path
 
 import pytest
 
+from _training_rows import write_training_dir
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux devices, /proc, mounts")
 
-ROWS = {
-    "joy": [
-        "We laughed all afternoon at the fair.",
-        "The puppy wagged its tail at me!",
-        "Sunlight and music filled the kitchen.",
-        "She won the race and cheered.",
-        "Cake and balloons for everyone today.",
-        "He danced in the rain, grinning.",
-    ],
-    "fear": [
-        "Footsteps behind me in the dark alley.",
-        "The plane dropped suddenly.",
-        "A scream from the basement at night.",
-        "The ice cracked under my boots.",
-        "Something moved under the bed.",
-        "The brakes failed on the hill.",
-    ],
-}
 OLD = b"old bytes that must survive\n"  # what protected files hold before a failing run
 
 
 def training_data(root: Path) -> Path:
     """Two emotions, four train and two held-out texts each (a report needs held-out)."""
-    root.mkdir(parents=True)
-    for emotion in ROWS:
-        rows = [
-            {
-                "emotion": emotion,
-                "text": text,
-                "polarity": "positive" if other == emotion else "negative",
-                "split": "heldout" if i >= 4 else "train",
-            }
-            for other, texts in ROWS.items()
-            for i, text in enumerate(texts)
-        ]
-        (root / f"{emotion}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_training_dir(root, texts=6, heldout=2)
 
 
 def memory_graph(path: Path, emotions: list[str]) -> Path:
