@@ -92,6 +92,21 @@ def describe_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
+async def send_json(
+    send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer an ASGI request with a whole JSON body (middleware that answers before the
+    app runs: the 413 here, the memory server's 401)."""
+    start = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": start + (headers or [])}
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over `max_bytes` get 413 before the app runs.
 
@@ -135,19 +150,7 @@ class BodyLimit:
             f"the request body is larger than {describe_bytes(self.max_bytes)}, this "
             "server's limit; send less, or start the server with a larger --max-request-bytes"
         )
-        payload = self.error_body(message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, 413, self.error_body(message), [(b"connection", b"close")])
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

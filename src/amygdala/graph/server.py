@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amygdala._defaults import HOST, MCP_PATH, MEMORY_PORT, MEMORY_TOKEN_ENV
-from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, bind
+from amygdala._net import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, bind, send_json
 from amygdala.errors import ConfigError, GraphError
 from amygdala.graph.filesource import FileSource
 from amygdala.graph.nodes import GraphRead, Node
@@ -229,18 +229,7 @@ class BearerTokenMiddleware:
 
 async def _unauthorized(send: Send, reason: str) -> None:
     body = json.dumps({"error": "unauthorized", "detail": reason}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="amygdala-memory"'),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 401, body, [(b"www-authenticate", b'Bearer realm="amygdala-memory"')])
 
 
 @dataclass(frozen=True)
