@@ -24,6 +24,7 @@ from amygdala.fit import (
     project_out,
     whitening_shrinkage,
 )
+from test_train import EMOTIONS  # the three-emotion texts test_train and test_combine use
 
 N, LAYERS, HIDDEN, CONCEPTS = 240, 2, 12, 3
 
@@ -274,33 +275,6 @@ def test_neutral_denoising_equals_numpy_pca_projection() -> None:
 
 
 # ---------------------------------------------------------------- through the trainer
-
-EMOTIONS = {
-    "joy": [
-        "We laughed all afternoon at the fair.",
-        "The puppy wagged its tail at me!",
-        "Sunlight and music filled the kitchen.",
-        "She won the race and cheered.",
-        "A surprise party, balloons everywhere.",
-        "He danced in the rain, grinning.",
-    ],
-    "fear": [
-        "Footsteps behind me in the dark alley.",
-        "The plane dropped suddenly.",
-        "A scream from the basement at night.",
-        "My heart pounded as the door creaked.",
-        "The ice cracked under my boots.",
-        "Something moved under the bed.",
-    ],
-    "calm": [
-        "The lake was still at dawn.",
-        "She breathed slowly, eyes closed.",
-        "Tea steamed quietly on the table.",
-        "Snow fell softly over the field.",
-        "The cat slept in a patch of sun.",
-        "Waves rolled in, slow and even.",
-    ],
-}
 
 
 def write_data(root: Path, emotions: dict[str, list[str]] = EMOTIONS) -> Path:
